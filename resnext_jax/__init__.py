@@ -1,0 +1,41 @@
+"""resnext_jax: ResNeXt (Xie et al., 2017) in JAX/Flax.
+
+Reference: "Aggregated Residual Transformations for Deep Neural Networks",
+https://arxiv.org/abs/1611.05431
+"""
+
+from resnext_jax.blocks import BLOCK_FORMS
+from resnext_jax.blocks import Bottleneck
+from resnext_jax.blocks import convert_block_form
+from resnext_jax.conv import CONV_IMPLS
+from resnext_jax.conv import GroupedConv
+from resnext_jax.conv import grouped_conv
+from resnext_jax.conv import resolve_conv_impl
+from resnext_jax.models import ResNeXt
+from resnext_jax.models import create_model
+from resnext_jax.models import init_variables
+from resnext_jax.models import list_models
+from resnext_jax.models import model_config
+from resnext_jax.counting import count_flops
+from resnext_jax.counting import count_params
+from resnext_jax.counting import summarize
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BLOCK_FORMS",
+    "Bottleneck",
+    "CONV_IMPLS",
+    "GroupedConv",
+    "ResNeXt",
+    "convert_block_form",
+    "count_flops",
+    "count_params",
+    "create_model",
+    "grouped_conv",
+    "init_variables",
+    "list_models",
+    "model_config",
+    "resolve_conv_impl",
+    "summarize",
+)

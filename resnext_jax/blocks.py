@@ -1,0 +1,357 @@
+"""The ResNeXt bottleneck in the paper's three equivalent forms (Fig. 3).
+
+* Form A: ``C`` branches 1x1 -> 3x3 -> 1x1, outputs summed.
+* Form B: ``C`` branches 1x1 -> 3x3, outputs concatenated, one shared 1x1.
+* Form C: 1x1 -> grouped 3x3 (``C`` groups) -> 1x1. The fast form.
+
+BatchNorm acts per channel, so a BN over the concatenation of the branches
+equals one BN per branch over its own channels: forms A, B and C compute the
+same function when their weights are sliced from one another (see
+:func:`convert_block_form`). The third BN acts on the aggregated sum, as in the
+paper's implementation ("BN right after the convolutions", Sec. 4).
+
+Layer names follow torchvision's ``Bottleneck`` (``conv1``, ``bn1``, ...,
+``downsample``); branches of forms A and B are ``branch_0`` ... ``branch_{C-1}``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnext_jax.conv import GroupedConv, check_conv_impl
+
+BLOCK_FORMS = ("A", "B", "C")
+EXPANSION = 4  # output channels = 4 * planes (paper Table 1)
+
+# torchvision's conv init: kaiming normal, fan_out, ReLU gain.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def check_block_form(form: str) -> str:
+    if form not in BLOCK_FORMS:
+        raise ValueError(
+            f"block_form={form!r} is not a ResNeXt block form; choose one of "
+            f"{BLOCK_FORMS} (A: summed branches, B: concatenated branches, "
+            "C: grouped convolution).")
+    return form
+
+
+def bottleneck_width(planes: int, cardinality: int, base_width: int) -> int:
+    """Width of the grouped 3x3: ``floor(planes * base_width / 64) * C``.
+
+    This is torchvision's and timm's arithmetic; for 32x4d it gives 128, 256,
+    512, 1024 in the four stages (paper Table 1).
+    """
+    return int(planes * (base_width / 64.0)) * cardinality
+
+
+class _Common(nn.Module):
+    """Fields shared by the block and its branches."""
+
+    strides: int = 1
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    axis_name: str | None = None
+
+    def _conv(self, features, kernel_size, strides=1, groups=1, name=None):
+        pad = (kernel_size - 1) // 2  # torchvision's symmetric padding
+        if kernel_size == 3:
+            return GroupedConv(
+                features, (3, 3), strides=(strides, strides),
+                padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                use_bias=False, dtype=self.dtype,
+                param_dtype=self.param_dtype, kernel_init=conv_kernel_init,
+                impl=self.conv_impl, name=name)
+        return nn.Conv(
+            features, (kernel_size, kernel_size), strides=(strides, strides),
+            padding=((pad, pad), (pad, pad)), use_bias=False,
+            dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=conv_kernel_init, name=name)
+
+    def _norm(self, train, name, zero_scale=False):
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, dtype=self.dtype,
+            param_dtype=self.param_dtype, axis_name=self.axis_name,
+            scale_init=(nn.initializers.zeros_init() if zero_scale
+                        else nn.initializers.ones_init()),
+            name=name)
+
+
+class Branch(_Common):
+    """One path of forms A and B: 1x1 -> BN -> ReLU -> 3x3 -> BN -> ReLU
+    [-> 1x1 to ``out_features``, form A only]."""
+
+    width: int = 4
+    out_features: int | None = None  # set for form A
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = self._conv(self.width, 1, name="conv1")(x)
+        y = nn.relu(self._norm(train, "bn1")(y))
+        y = self._conv(self.width, 3, self.strides, name="conv2")(y)
+        y = nn.relu(self._norm(train, "bn2")(y))
+        if self.out_features is not None:
+            y = self._conv(self.out_features, 1, name="conv3")(y)
+        return y
+
+
+class Downsample(_Common):
+    """Projection shortcut (paper option B): 1x1 conv with stride, then BN."""
+
+    features: int = 256
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self._conv(self.features, 1, self.strides, name="conv")(x)
+        return self._norm(train, "bn")(x)
+
+
+class Bottleneck(_Common):
+    """ResNeXt bottleneck block; the stride sits on the 3x3 (as torchvision).
+
+    Attributes:
+      planes: ``n`` of the paper's stage (64, 128, 256, 512); the block
+        outputs ``4 * planes`` channels.
+      cardinality: ``C``, the number of groups / branches.
+      base_width: ``d`` at ``planes=64``; the 3x3 is
+        ``bottleneck_width(planes, C, d)`` wide.
+      width: explicit width of the 3x3, overriding ``base_width``.
+      form: "A", "B" or "C".
+      zero_init_residual: start the block's last BN scale at zero, so the
+        block begins as the identity (Goyal et al., 2017).
+    """
+
+    planes: int = 64
+    cardinality: int = 1
+    base_width: int = 64
+    width: int | None = None
+    form: str = "C"
+    zero_init_residual: bool = True
+
+    def __post_init__(self):
+        check_block_form(self.form)
+        check_conv_impl(self.conv_impl)
+        for field in ("planes", "cardinality", "base_width"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{field} (={value!r}) must be a positive integer.")
+        width = self.group_conv_width
+        if width < self.cardinality or width % self.cardinality:
+            raise ValueError(
+                f"bottleneck width (={width}) must be a positive multiple of "
+                f"cardinality (={self.cardinality}): each of the "
+                f"{self.cardinality} groups needs the same whole number of "
+                "channels.")
+        super().__post_init__()
+
+    @property
+    def group_conv_width(self) -> int:
+        if self.width is not None:
+            return self.width
+        return bottleneck_width(self.planes, self.cardinality, self.base_width)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        width = self.group_conv_width
+        out_features = self.planes * EXPANSION
+        common = dict(strides=self.strides, conv_impl=self.conv_impl,
+                      dtype=self.dtype, param_dtype=self.param_dtype,
+                      bn_momentum=self.bn_momentum,
+                      bn_epsilon=self.bn_epsilon, axis_name=self.axis_name)
+
+        if self.form == "C":
+            y = self._conv(width, 1, name="conv1")(x)
+            y = nn.relu(self._norm(train, "bn1")(y))
+            y = self._conv(width, 3, self.strides, groups=self.cardinality,
+                           name="conv2")(y)
+            y = nn.relu(self._norm(train, "bn2")(y))
+            y = self._conv(out_features, 1, name="conv3")(y)
+        else:
+            group_width = width // self.cardinality
+            branch = functools.partial(
+                Branch, width=group_width,
+                out_features=out_features if self.form == "A" else None,
+                **common)
+            outs = [branch(name=f"branch_{i}")(x, train)
+                    for i in range(self.cardinality)]
+            if self.form == "A":
+                y = functools.reduce(jnp.add, outs)
+            else:
+                y = jnp.concatenate(outs, axis=-1)
+                y = self._conv(out_features, 1, name="conv3")(y)
+        y = self._norm(train, "bn3", zero_scale=self.zero_init_residual)(y)
+
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != out_features:
+            shortcut = Downsample(features=out_features, name="downsample",
+                                  **common)(x, train)
+        return nn.relu(y + shortcut)
+
+
+# ---------------------------------------------------------------------------
+# Exact weight conversion between forms.
+
+def _branch_keys(block: dict) -> list[str]:
+    keys = [k for k in block if k.startswith("branch_")]
+    return sorted(keys, key=lambda k: int(k.split("_")[1]))
+
+
+def _form_of(block: dict) -> str:
+    if "conv2" in block:
+        return "C"
+    if not _branch_keys(block):
+        raise ValueError(
+            f"cannot tell the block form of a block with keys "
+            f"{sorted(block)}: expected 'conv2' (form C) or 'branch_*'.")
+    return "B" if "conv3" in block else "A"
+
+
+def _concat_leaves(dicts: list[dict], axis: int) -> dict:
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *dicts)
+
+
+def _split_leaves(tree: dict, n: int, axis: int) -> list[dict]:
+    def piece(i):
+        return jax.tree.map(
+            lambda x: jnp.split(x, n, axis=axis)[i], tree)
+    return [piece(i) for i in range(n)]
+
+
+def _params_block_to_c(block: dict) -> dict:
+    form = _form_of(block)
+    if form == "C":
+        return dict(block)
+    branches = [block[k] for k in _branch_keys(block)]
+    out = {k: v for k, v in block.items() if not k.startswith("branch_")}
+    out["conv1"] = _concat_leaves([b["conv1"] for b in branches], axis=-1)
+    out["bn1"] = _concat_leaves([b["bn1"] for b in branches], axis=0)
+    # Branch i's 3x3 maps its own d channels to d channels: that is group i.
+    out["conv2"] = _concat_leaves([b["conv2"] for b in branches], axis=-1)
+    out["bn2"] = _concat_leaves([b["bn2"] for b in branches], axis=0)
+    if form == "A":
+        # Summing branch outputs == one 1x1 over the concatenated inputs.
+        out["conv3"] = _concat_leaves([b["conv3"] for b in branches], axis=2)
+    return out
+
+
+def _params_block_from_c(block: dict, form: str) -> dict:
+    if form == "C":
+        return dict(block)
+    kernel = block["conv2"]["kernel"]
+    groups = kernel.shape[3] // kernel.shape[2]
+    out = {k: v for k, v in block.items()
+           if k not in ("conv1", "bn1", "conv2", "bn2", "conv3")}
+    conv1 = _split_leaves(block["conv1"], groups, axis=-1)
+    bn1 = _split_leaves(block["bn1"], groups, axis=0)
+    conv2 = _split_leaves(block["conv2"], groups, axis=-1)
+    bn2 = _split_leaves(block["bn2"], groups, axis=0)
+    conv3 = (_split_leaves(block["conv3"], groups, axis=2) if form == "A"
+             else None)
+    for i in range(groups):
+        branch = {"conv1": conv1[i], "bn1": bn1[i], "conv2": conv2[i],
+                  "bn2": bn2[i]}
+        if form == "A":
+            branch["conv3"] = conv3[i]
+        out[f"branch_{i}"] = branch
+    if form == "B":
+        out["conv3"] = block["conv3"]
+    return out
+
+
+def _stats_block_to_c(stats: dict) -> dict:
+    branches = [stats[k] for k in _branch_keys(stats)]
+    if not branches:
+        return dict(stats)
+    out = {k: v for k, v in stats.items() if not k.startswith("branch_")}
+    out["bn1"] = _concat_leaves([b["bn1"] for b in branches], axis=0)
+    out["bn2"] = _concat_leaves([b["bn2"] for b in branches], axis=0)
+    return out
+
+
+def _stats_block_from_c(stats: dict, form: str, groups: int) -> dict:
+    if form == "C":
+        return dict(stats)
+    out = {k: v for k, v in stats.items() if k not in ("bn1", "bn2")}
+    bn1 = _split_leaves(stats["bn1"], groups, axis=0)
+    bn2 = _split_leaves(stats["bn2"], groups, axis=0)
+    for i in range(groups):
+        out[f"branch_{i}"] = {"bn1": bn1[i], "bn2": bn2[i]}
+    return out
+
+
+def _is_block(tree: Any) -> bool:
+    return isinstance(tree, dict) and "bn3" in tree
+
+
+def convert_block_form(variables: dict, to: str) -> dict:
+    """Converts model variables between block forms A, B and C, exactly.
+
+    The source form of each block is read from the variables themselves, so
+    any form converts to any other; parameters and ``batch_stats`` are
+    sliced or concatenated, never recomputed, so ``C -> A -> C`` returns
+    identical arrays.
+
+    Args:
+      variables: ``{"params": ..., "batch_stats": ...}`` of a ResNeXt (or a
+        single block).
+      to: the target form, "A", "B" or "C".
+
+    Returns:
+      Variables for the same model built with ``block_form=to``.
+    """
+    check_block_form(to)
+    variables = _to_dict(variables)
+    if "params" not in variables:
+        raise ValueError(
+            "variables must contain a 'params' collection; got collections "
+            f"{sorted(variables)}.")
+
+    def walk(params, stats):
+        if _is_block(params):
+            groups_c = _params_block_to_c(params)
+            kernel = groups_c["conv2"]["kernel"]
+            groups = kernel.shape[3] // kernel.shape[2]
+            new_params = _params_block_from_c(groups_c, to)
+            new_stats = None
+            if stats is not None:
+                new_stats = _stats_block_from_c(_stats_block_to_c(stats), to,
+                                                groups)
+            return new_params, new_stats
+        if not isinstance(params, dict):
+            return params, stats
+        new_params, new_stats = {}, ({} if stats is not None else None)
+        for key, sub in params.items():
+            sub_stats = stats.get(key) if stats is not None else None
+            p, s = walk(sub, sub_stats)
+            new_params[key] = p
+            if s is not None:
+                new_stats[key] = s
+        if stats is not None:
+            for key, sub in stats.items():  # stats-only subtrees, if any
+                new_stats.setdefault(key, sub)
+        return new_params, new_stats
+
+    params, stats = walk(variables["params"], variables.get("batch_stats"))
+    out = dict(variables)
+    out["params"] = params
+    if stats is not None:
+        out["batch_stats"] = stats
+    return out
+
+
+def _to_dict(tree):
+    if hasattr(tree, "unfreeze"):
+        tree = tree.unfreeze()
+    if isinstance(tree, dict):
+        return {k: _to_dict(v) for k, v in tree.items()}
+    return tree

@@ -1,0 +1,280 @@
+"""ResNeXt with the ImageNet stem (ResNeXt-50/101/152, ResNet as C=1) and the
+CIFAR stem (ResNeXt-29), plus the registry of named variants.
+
+Layer names map one-to-one to torchvision's ``ResNet``: ``conv1``, ``bn1``,
+``layer{i}_{j}`` (torchvision ``layer{i}.{j}``), ``fc``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnext_jax.blocks import (Bottleneck, check_block_form,
+                                conv_kernel_init)
+from resnext_jax.conv import check_conv_impl
+
+STEMS = ("imagenet", "cifar")
+# Paper Table 1 (ImageNet) and Sec. 5.3 / official code (CIFAR).
+STAGE_PLANES = {"imagenet": (64, 128, 256, 512), "cifar": (64, 128, 256)}
+STAGE_STRIDES = {"imagenet": (1, 2, 2, 2), "cifar": (1, 2, 2)}
+STEM_FEATURES = 64
+
+
+class ResNeXt(nn.Module):
+    """ResNeXt image classifier on NHWC float images.
+
+    Call as ``model.apply(variables, images, train=False)``; in training pass
+    ``train=True, mutable=["batch_stats"]``.
+
+    Attributes:
+      stage_sizes: blocks per stage: 4 entries for the ImageNet stem
+        (ResNeXt-50: (3, 4, 6, 3)), 3 for the CIFAR stem ((3, 3, 3)).
+      cardinality: ``C``, groups of the 3x3 (1 gives ResNet).
+      base_width: ``d``, channels per group in the first stage.
+      stage_widths: explicit widths of the grouped 3x3 per stage, overriding
+        ``base_width``; each must be divisible by ``cardinality``.
+      num_classes: classifier outputs; 0 drops the head and returns the
+        pooled features.
+      stem: "imagenet" (7x7/2 conv, 3x3/2 max-pool) or "cifar" (3x3 conv).
+      block_form: "A", "B" or "C" (see :mod:`resnext_jax.blocks`).
+      zero_init_residual: start each block's last BN scale at zero.
+      conv_impl: grouped-convolution lowering (see :mod:`resnext_jax.conv`).
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); BN statistics are
+        reduced in float32 and the classifier runs in float32.
+      param_dtype: parameter dtype.
+      axis_name: mapped axis over which BatchNorm averages its batch
+        statistics (cross-replica BN in a data-parallel step).
+    """
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    cardinality: int = 32
+    base_width: int = 4
+    stage_widths: Sequence[int] | None = None
+    num_classes: int = 1000
+    stem: str = "imagenet"
+    block_form: str = "C"
+    zero_init_residual: bool = True
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    axis_name: str | None = None
+
+    def __post_init__(self):
+        self._validate()
+        super().__post_init__()
+
+    def _validate(self):
+        if self.stem not in STEMS:
+            raise ValueError(
+                f"stem={self.stem!r} is not a known stem; choose one of "
+                f"{STEMS}.")
+        num_stages = len(STAGE_PLANES[self.stem])
+        sizes = tuple(self.stage_sizes)
+        if len(sizes) != num_stages:
+            raise ValueError(
+                f"stage_sizes={sizes} has {len(sizes)} entries, but the "
+                f"{self.stem!r} stem has {num_stages} stages: give one block "
+                f"count per stage.")
+        for size in sizes:
+            if not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    f"stage_sizes={sizes}: every entry must be a positive "
+                    f"integer, got {size!r}.")
+        for field in ("cardinality", "base_width"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{field} (={value!r}) must be a positive integer.")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(
+                f"num_classes (={self.num_classes!r}) must be a non-negative "
+                "integer (0 drops the classifier head).")
+        check_block_form(self.block_form)
+        check_conv_impl(self.conv_impl)
+        if self.stage_widths is not None:
+            widths = tuple(self.stage_widths)
+            if len(widths) != num_stages:
+                raise ValueError(
+                    f"stage_widths={widths} has {len(widths)} entries; the "
+                    f"{self.stem!r} stem has {num_stages} stages.")
+            for width in widths:
+                if (not isinstance(width, int) or width < 1
+                        or width % self.cardinality):
+                    raise ValueError(
+                        f"stage width {width!r} in stage_widths={widths} must "
+                        f"be a positive multiple of cardinality "
+                        f"(={self.cardinality}).")
+
+    def _check_input(self, x):
+        if not hasattr(x, "ndim") or x.ndim != 4:
+            shape = getattr(x, "shape", None)
+            raise ValueError(
+                f"images must be a 4-D NHWC array (batch, height, width, 3); "
+                f"got shape {shape}.")
+        if x.shape[-1] != 3:
+            hint = (" It looks like NCHW: transpose with "
+                    "x.transpose(0, 2, 3, 1)." if x.shape[1] == 3 else "")
+            raise ValueError(
+                f"images must be NHWC with 3 channels last; got shape "
+                f"{tuple(x.shape)} with {x.shape[-1]} channels.{hint}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"images must be floating point (normalized), got dtype "
+                f"{x.dtype}; convert with x.astype(jnp.float32) and "
+                "normalize first.")
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        """Logits ``(N, num_classes)``; with ``return_features`` a dict of the
+        stem and per-stage feature maps, the pooled features and the logits.
+        """
+        self._check_input(x)
+        features = {}
+        norm = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                    dtype=self.dtype, param_dtype=self.param_dtype,
+                    axis_name=self.axis_name)
+        x = x.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = nn.Conv(STEM_FEATURES, (7, 7), strides=(2, 2),
+                        padding=((3, 3), (3, 3)), use_bias=False,
+                        dtype=self.dtype, param_dtype=self.param_dtype,
+                        kernel_init=conv_kernel_init, name="conv1")(x)
+            x = nn.BatchNorm(use_running_average=not train, name="bn1",
+                             **norm)(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (3, 3), strides=(2, 2),
+                            padding=((1, 1), (1, 1)))
+        else:
+            x = nn.Conv(STEM_FEATURES, (3, 3), padding=((1, 1), (1, 1)),
+                        use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype,
+                        kernel_init=conv_kernel_init, name="conv1")(x)
+            x = nn.BatchNorm(use_running_average=not train, name="bn1",
+                             **norm)(x)
+            x = nn.relu(x)
+        features["stem"] = x
+
+        planes_per_stage = STAGE_PLANES[self.stem]
+        strides_per_stage = STAGE_STRIDES[self.stem]
+        for i, num_blocks in enumerate(self.stage_sizes):
+            width = (None if self.stage_widths is None
+                     else self.stage_widths[i])
+            for j in range(num_blocks):
+                x = Bottleneck(
+                    planes=planes_per_stage[i],
+                    cardinality=self.cardinality,
+                    base_width=self.base_width,
+                    width=width,
+                    strides=strides_per_stage[i] if j == 0 else 1,
+                    form=self.block_form,
+                    zero_init_residual=self.zero_init_residual,
+                    conv_impl=self.conv_impl,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    bn_momentum=self.bn_momentum,
+                    bn_epsilon=self.bn_epsilon,
+                    axis_name=self.axis_name,
+                    name=f"layer{i + 1}_{j}")(x, train)
+            features[f"layer{i + 1}"] = x
+
+        # Pool and classify in float32: cheap, and keeps logits precise.
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        features["pooled"] = x
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, dtype=jnp.float32,
+                         param_dtype=self.param_dtype, name="fc")(x)
+            features["logits"] = x
+        return features if return_features else x
+
+
+# ---------------------------------------------------------------------------
+# Registry.
+
+_IMAGENET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def _imagenet(depth, cardinality, base_width):
+    return dict(stage_sizes=_IMAGENET_DEPTHS[depth], cardinality=cardinality,
+                base_width=base_width, stem="imagenet", num_classes=1000)
+
+
+def _cifar(cardinality, base_width):
+    return dict(stage_sizes=(3, 3, 3), cardinality=cardinality,
+                base_width=base_width, stem="cifar", num_classes=10)
+
+
+_MODELS: dict[str, dict] = {
+    "resnet50": _imagenet(50, 1, 64),
+    "resnet101": _imagenet(101, 1, 64),
+    "resnet152": _imagenet(152, 1, 64),
+    "resnext50_32x4d": _imagenet(50, 32, 4),
+    "resnext50_32x8d": _imagenet(50, 32, 8),
+    "resnext101_32x4d": _imagenet(101, 32, 4),
+    "resnext101_32x8d": _imagenet(101, 32, 8),
+    "resnext101_32x16d": _imagenet(101, 32, 16),
+    "resnext101_64x4d": _imagenet(101, 64, 4),
+    "resnext152_32x4d": _imagenet(152, 32, 4),
+    # Paper Table 2: ResNeXt-50 settings of equal complexity (C x d).
+    "resnext50_1x64d": _imagenet(50, 1, 64),
+    "resnext50_2x40d": _imagenet(50, 2, 40),
+    "resnext50_4x24d": _imagenet(50, 4, 24),
+    "resnext50_8x14d": _imagenet(50, 8, 14),
+    # Paper Sec. 5.3 / Table 7: CIFAR ResNeXt-29.
+    "resnext29_8x64d": _cifar(8, 64),
+    "resnext29_16x64d": _cifar(16, 64),
+    "resnext29_32x4d": _cifar(32, 4),
+}
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ResNeXt)
+                if f.name not in ("parent", "name"))
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def model_config(name: str) -> dict:
+    """The field values that define the named variant."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(str(name), _MODELS, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"unknown model name {name!r}.{hint} Known models: "
+            f"{', '.join(list_models())}.")
+    return dict(_MODELS[name])
+
+
+def create_model(name: str, **overrides: Any) -> ResNeXt:
+    """Builds a named ResNeXt, e.g. ``create_model("resnext50_32x4d",
+    num_classes=10, dtype=jnp.bfloat16, block_form="A")``.
+
+    Any :class:`ResNeXt` field can be overridden.
+    """
+    config = model_config(name)
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"create_model({name!r}) got unknown override(s) {unknown}; "
+            f"valid fields are {', '.join(_FIELDS)}.")
+    config.update(overrides)
+    return ResNeXt(**config)
+
+
+def init_variables(model: ResNeXt, rng: jax.Array | int = 0,
+                   image_size: int | None = None, batch_size: int = 1):
+    """Initializes variables with a dummy batch of the model's input size."""
+    if isinstance(rng, int):
+        rng = jax.random.PRNGKey(rng)
+    if image_size is None:
+        image_size = 32 if model.stem == "cifar" else 224
+    dummy = jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32)
+    return jax.jit(lambda r, x: model.init(r, x, train=False))(rng, dummy)

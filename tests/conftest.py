@@ -1,0 +1,61 @@
+"""Shared test helpers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnext_jax as rx
+
+
+def tiny_model(**overrides):
+    """A ResNeXt with the ImageNet stem, one block per stage: cheap to run."""
+    config = dict(stage_sizes=(1, 1, 1, 1), cardinality=4, base_width=4,
+                  num_classes=7)
+    config.update(overrides)
+    return rx.ResNeXt(**config)
+
+
+def small_cifar_model(**overrides):
+    """A ResNeXt with the CIFAR stem, one block per stage, 4 groups."""
+    config = dict(stage_sizes=(1, 1, 1), stem="cifar", cardinality=4,
+                  base_width=2, num_classes=7)
+    config.update(overrides)
+    return rx.ResNeXt(**config)
+
+
+def random_variables(model, image_size=16, seed=0):
+    """Random variables from a shape-only init: nothing is compiled."""
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3))))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return randomize(zeros, seed)
+
+
+def randomize(variables, seed=0):
+    """Random values for every leaf, BN statistics included (variances > 0).
+
+    Zero-initialized BN scales would otherwise hide whole branches from an
+    equivalence test. Uses numpy so that no XLA program is compiled.
+    """
+    rng = np.random.default_rng(seed)
+
+    def sample(path, leaf):
+        path = jax.tree_util.keystr(path)
+        shape, dtype = leaf.shape, leaf.dtype
+        if "'var'" in path or "'scale'" in path:
+            value = rng.uniform(0.5, 1.5, shape)
+        elif "kernel" in path:
+            value = rng.normal(size=shape) * np.sqrt(
+                2.0 / np.prod(shape[:-1]))
+        else:
+            value = 0.1 * rng.normal(size=shape)
+        return jnp.asarray(value, dtype)
+
+    return jax.tree_util.tree_map_with_path(sample, variables)
+
+
+@pytest.fixture
+def images():
+    return jax.random.normal(jax.random.PRNGKey(42), (2, 32, 32, 3),
+                             jnp.float32)
