@@ -62,19 +62,14 @@ class _Common(nn.Module):
     axis_name: str | None = None
 
     def _conv(self, features, kernel_size, strides=1, groups=1, name=None):
+        # Every convolution goes through GroupedConv so that the selected
+        # lowering applies to all of them (1x1s become GEMMs on CPU).
         pad = (kernel_size - 1) // 2  # torchvision's symmetric padding
-        if kernel_size == 3:
-            return GroupedConv(
-                features, (3, 3), strides=(strides, strides),
-                padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                use_bias=False, dtype=self.dtype,
-                param_dtype=self.param_dtype, kernel_init=conv_kernel_init,
-                impl=self.conv_impl, name=name)
-        return nn.Conv(
+        return GroupedConv(
             features, (kernel_size, kernel_size), strides=(strides, strides),
-            padding=((pad, pad), (pad, pad)), use_bias=False,
-            dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=conv_kernel_init, name=name)
+            padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+            use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=conv_kernel_init, impl=self.conv_impl, name=name)
 
     def _norm(self, train, name, zero_scale=False):
         return nn.BatchNorm(

@@ -9,11 +9,14 @@ Lowerings (see :data:`CONV_IMPLS`):
 
 * ``"xla"``: ``lax.conv_general_dilated(feature_group_count=G)``. The right
   choice on GPU and TPU, where XLA has native grouped kernels.
-* ``"blockdiag"``: groups are packed into chunks; each chunk is one dense
-  convolution over a block-diagonal kernel. XLA:CPU runs dense convolutions
-  with fast kernels but expands or crawls through grouped ones, so this is far
-  faster on CPU despite the zeros it multiplies.
-* ``"auto"``: picks per platform at trace time (``blockdiag`` on CPU, ``xla``
+* ``"dense"``: only dense operations, which XLA:CPU runs with fast kernels.
+  A 1x1 convolution becomes one matrix multiplication (XLA:CPU's convolution
+  kernels are 4-7x slower than its GEMM for these, backward especially); a
+  grouped KxK convolution becomes a few dense convolutions, each over a
+  block-diagonal kernel covering a chunk of groups. XLA:CPU expands or
+  crawls through grouped convolutions (30-170x slower than PyTorch), so this
+  is far faster on CPU despite the zeros it multiplies.
+* ``"auto"``: picks per platform at trace time (``dense`` on CPU, ``xla``
   elsewhere). Override for a whole process with the environment variable
   ``RESNEXT_JAX_CONV_IMPL`` or per model with ``conv_impl=...``.
 """
@@ -30,10 +33,12 @@ from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
 
-CONV_IMPLS = ("auto", "xla", "blockdiag")
+CONV_IMPLS = ("auto", "xla", "dense")
 _ENV_VAR = "RESNEXT_JAX_CONV_IMPL"
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+# Input channels per dense chunk of the block-diagonal lowering.
+_CHUNK_CHANNELS = 32
 
 
 def check_conv_impl(impl: str) -> str:
@@ -63,7 +68,7 @@ def resolve_conv_impl(impl: str = "auto", platform: str | None = None) -> str:
             impl = forced
     if impl == "auto":
         platform = platform or default_platform()
-        impl = "blockdiag" if platform == "cpu" else "xla"
+        impl = "dense" if platform == "cpu" else "xla"
     return impl
 
 
@@ -93,16 +98,37 @@ def default_chunk_groups(groups: int, cin_per_group: int,
                          cout_per_group: int) -> int:
     """How many groups one dense block-diagonal convolution should cover.
 
-    A chunk of ``k`` groups does ``k`` times the useful work in multiply-adds,
-    so small chunks waste little; but each chunk is a separate convolution,
-    and convolutions much narrower than ~64 channels use the CPU poorly. We
-    aim for chunks about 64 input channels wide.
+    A chunk of ``k`` groups multiplies ``k`` times the useful multiply-adds
+    (the zeros off the diagonal), so small chunks waste little; but every
+    chunk is a separate convolution, and XLA:CPU runs convolutions much
+    narrower than ~32 channels poorly. Measured on ResNeXt-50's stage shapes
+    (``benchmarks/bench_conv.py``), chunks of about 32 input channels are
+    fastest forward and backward.
     """
-    target = max(1, 64 // max(cin_per_group, 1))
+    target = max(1, _CHUNK_CHANNELS // max(cin_per_group, 1))
     chunk = 1
     while chunk * 2 <= min(target, groups) and groups % (chunk * 2) == 0:
         chunk *= 2
     return chunk
+
+
+def _is_pointwise(kernel, padding) -> bool:
+    if kernel.shape[:2] != (1, 1):
+        return False
+    if isinstance(padding, str):
+        return True  # SAME and VALID both add no padding to a 1x1 window.
+    return all(lo == 0 and hi == 0 for lo, hi in padding)
+
+
+def _pointwise_matmul(x, kernel, strides):
+    """A 1x1 convolution as one 2-D GEMM over all pixels."""
+    sh, sw = strides
+    if (sh, sw) != (1, 1):
+        x = x[:, ::sh, ::sw, :]
+    n, h, w, c = x.shape
+    y = lax.dot_general(x.reshape(n * h * w, c), kernel[0, 0],
+                        (((1,), (0,)), ((), ())))
+    return y.reshape(n, h, w, kernel.shape[-1])
 
 
 def _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups=None):
@@ -143,9 +169,13 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
     """
     strides = tuple(strides)
     impl = resolve_conv_impl(impl)
-    if groups == 1 or impl == "xla":
+    if impl == "xla":
         return _conv(x, kernel, strides, padding, groups)
-    if impl == "blockdiag":
+    if impl == "dense":
+        if groups == 1 and _is_pointwise(kernel, padding):
+            return _pointwise_matmul(x, kernel, strides)
+        if groups == 1:
+            return _conv(x, kernel, strides, padding)
         return _blockdiag_conv(x, kernel, strides, padding, groups,
                                chunk_groups)
     raise AssertionError(impl)  # resolve_conv_impl returned an unknown name.

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from resnext_jax.blocks import (Bottleneck, check_block_form,
                                 conv_kernel_init)
-from resnext_jax.conv import check_conv_impl
+from resnext_jax.conv import GroupedConv, check_conv_impl
 
 STEMS = ("imagenet", "cifar")
 # Paper Table 1 (ImageNet) and Sec. 5.3 / official code (CIFAR).
@@ -143,20 +143,22 @@ class ResNeXt(nn.Module):
                     axis_name=self.axis_name)
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = nn.Conv(STEM_FEATURES, (7, 7), strides=(2, 2),
-                        padding=((3, 3), (3, 3)), use_bias=False,
-                        dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=conv_kernel_init, name="conv1")(x)
+            x = GroupedConv(STEM_FEATURES, (7, 7), strides=(2, 2),
+                            padding=((3, 3), (3, 3)), use_bias=False,
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            kernel_init=conv_kernel_init,
+                            impl=self.conv_impl, name="conv1")(x)
             x = nn.BatchNorm(use_running_average=not train, name="bn1",
                              **norm)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (3, 3), strides=(2, 2),
                             padding=((1, 1), (1, 1)))
         else:
-            x = nn.Conv(STEM_FEATURES, (3, 3), padding=((1, 1), (1, 1)),
-                        use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype,
-                        kernel_init=conv_kernel_init, name="conv1")(x)
+            x = GroupedConv(STEM_FEATURES, (3, 3), padding=((1, 1), (1, 1)),
+                            use_bias=False, dtype=self.dtype,
+                            param_dtype=self.param_dtype,
+                            kernel_init=conv_kernel_init,
+                            impl=self.conv_impl, name="conv1")(x)
             x = nn.BatchNorm(use_running_average=not train, name="bn1",
                              **norm)(x)
             x = nn.relu(x)

@@ -1,0 +1,140 @@
+"""Every grouped-convolution lowering computes XLA's grouped convolution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import resnext_jax as rx
+from resnext_jax import conv as conv_lib
+from conftest import random_variables, small_cifar_model, tiny_model
+
+LOWERINGS = [impl for impl in rx.CONV_IMPLS if impl != "auto"]
+
+
+def _reference(x, kernel, strides, padding, groups):
+    return lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups, precision=lax.Precision.HIGHEST)
+
+
+# (batch, height, width, in_ch, out_ch, kernel, groups, strides, padding)
+CASES = [
+    (2, 9, 9, 16, 16, 3, 1, 1, ((1, 1), (1, 1))),
+    (2, 8, 8, 16, 32, 3, 2, 1, "SAME"),
+    (1, 7, 7, 16, 16, 3, 4, 2, ((1, 1), (1, 1))),
+    (2, 11, 6, 32, 32, 3, 8, 2, "SAME"),
+    (2, 9, 9, 64, 64, 3, 32, 1, ((1, 1), (1, 1))),
+    (1, 5, 5, 128, 128, 3, 64, 2, ((1, 1), (1, 1))),
+    (2, 6, 6, 64, 64, 3, 32, 2, "VALID"),
+    (2, 8, 8, 16, 24, 1, 1, 1, "SAME"),
+    (2, 9, 9, 16, 24, 1, 1, 2, ((0, 0), (0, 0))),
+    (2, 8, 8, 32, 32, 1, 8, 1, "VALID"),
+    (1, 12, 12, 3, 8, 7, 1, 2, ((3, 3), (3, 3))),
+    (2, 7, 7, 8, 8, 3, 2, 1, ((2, 0), (0, 1))),
+]
+
+
+def _ids(case):
+    b, h, w, cin, cout, k, g, s, p = case
+    pad = p if isinstance(p, str) else "explicit"
+    return f"{b}x{h}x{w}x{cin}-{cout}-k{k}-g{g}-s{s}-{pad}"
+
+
+@pytest.mark.parametrize("impl", LOWERINGS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_lowering_matches_feature_group_count(case, dtype, impl):
+    b, h, w, cin, cout, k, groups, s, padding = case
+    kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (b, h, w, cin), jnp.float32)
+    kernel = jax.random.normal(kk, (k, k, cin // groups, cout),
+                               jnp.float32) / np.sqrt(k * k * cin / groups)
+    ref = _reference(x, kernel, (s, s), padding, groups)
+    cotangent = jax.random.normal(kg, ref.shape, jnp.float32)
+
+    def run(fn, x, kernel):
+        out, vjp = jax.vjp(fn, x.astype(dtype), kernel.astype(dtype))
+        dx, dk = vjp(cotangent.astype(out.dtype))
+        return out, dx, dk
+
+    ours = jax.jit(lambda x, kernel: rx.grouped_conv(
+        x, kernel, strides=(s, s), padding=padding, groups=groups,
+        impl=impl))
+    theirs = lambda x, kernel: _reference(x, kernel, (s, s), padding, groups)
+    out, dx, dk = jax.jit(lambda x, k: run(ours, x, k))(x, kernel)
+    ref_out, ref_dx, ref_dk = run(theirs, x, kernel)
+    assert out.shape == ref_out.shape and out.dtype == dtype
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-4
+    for a, r in [(out, ref_out), (dx, ref_dx), (dk, ref_dk)]:
+        a, r = np.asarray(a, np.float32), np.asarray(r, np.float32)
+        scale = max(np.abs(r).max(), 1.0)
+        np.testing.assert_allclose(a, r, atol=tol * scale, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 8])
+def test_every_chunk_size_is_exact(chunk):
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 32))
+    kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 32))
+    ref = _reference(x, kernel, (1, 1), "SAME", 8)
+    out = conv_lib._blockdiag_conv(x, kernel, (1, 1), "SAME", 8, chunk)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_block_diagonal_kernel_layout():
+    kernel = jnp.arange(1 * 1 * 2 * 6, dtype=jnp.float32).reshape(1, 1, 2, 6)
+    dense = np.asarray(conv_lib.block_diagonal_kernel(kernel, 3))[0, 0]
+    assert dense.shape == (6, 6)
+    for g in range(3):
+        rows, cols = slice(2 * g, 2 * g + 2), slice(2 * g, 2 * g + 2)
+        np.testing.assert_array_equal(dense[rows, cols],
+                                      np.asarray(kernel)[0, 0][:, cols])
+        off = np.delete(dense[rows], np.arange(2 * g, 2 * g + 2), axis=1)
+        assert not off.any()
+
+
+def test_chunk_heuristic_divides_groups():
+    for groups in (1, 2, 3, 4, 8, 32, 64):
+        for cin_g in (1, 4, 8, 16, 32, 64):
+            chunk = conv_lib.default_chunk_groups(groups, cin_g, cin_g)
+            assert groups % chunk == 0 and chunk >= 1
+
+
+def test_auto_resolves_by_platform(monkeypatch):
+    monkeypatch.delenv("RESNEXT_JAX_CONV_IMPL", raising=False)
+    assert rx.resolve_conv_impl("auto", platform="cpu") == "dense"
+    assert rx.resolve_conv_impl("auto", platform="gpu") == "xla"
+    assert rx.resolve_conv_impl("auto", platform="tpu") == "xla"
+    assert rx.resolve_conv_impl("xla", platform="cpu") == "xla"
+    monkeypatch.setenv("RESNEXT_JAX_CONV_IMPL", "xla")
+    assert rx.resolve_conv_impl("auto", platform="cpu") == "xla"
+    monkeypatch.setenv("RESNEXT_JAX_CONV_IMPL", "bogus")
+    with pytest.raises(ValueError, match=r"RESNEXT_JAX_CONV_IMPL='bogus'"):
+        rx.resolve_conv_impl("auto")
+
+
+def test_grouped_conv_module_params_equal_nn_conv():
+    import flax.linen as nn
+    x = jnp.ones((1, 6, 6, 16))
+    ours = rx.GroupedConv(32, (3, 3), feature_group_count=4, use_bias=True)
+    theirs = nn.Conv(32, (3, 3), feature_group_count=4, use_bias=True)
+    p_ours = ours.init(jax.random.PRNGKey(0), x)
+    p_theirs = theirs.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, p_ours) == jax.tree.map(jnp.shape, p_theirs)
+    np.testing.assert_allclose(ours.apply(p_theirs, x),
+                               theirs.apply(p_theirs, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("make_model, size", [
+    (lambda **kw: small_cifar_model(cardinality=8, base_width=4, **kw), 16),
+    (lambda **kw: tiny_model(cardinality=8, base_width=4, **kw), 32),
+])
+def test_models_give_same_logits_with_every_lowering(make_model, size):
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, size, size, 3))
+    variables = random_variables(make_model(), image_size=size, seed=1)
+    logits = {impl: jax.jit(make_model(conv_impl=impl).apply)(variables, x)
+              for impl in rx.CONV_IMPLS}
+    scale = float(jnp.abs(logits["xla"]).max())
+    for impl, out in logits.items():
+        assert float(jnp.abs(out - logits["xla"]).max()) < 1e-4 * max(scale, 1)
