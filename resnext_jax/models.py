@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from resnext_jax.blocks import (Bottleneck, check_block_form,
                                 conv_kernel_init)
-from resnext_jax.conv import GroupedConv, check_conv_impl
+from resnext_jax.conv import GroupedConv, check_conv_impl, max_pool
 
 STEMS = ("imagenet", "cifar")
 # Paper Table 1 (ImageNet) and Sec. 5.3 / official code (CIFAR).
@@ -151,8 +151,7 @@ class ResNeXt(nn.Module):
             x = nn.BatchNorm(use_running_average=not train, name="bn1",
                              **norm)(x)
             x = nn.relu(x)
-            x = nn.max_pool(x, (3, 3), strides=(2, 2),
-                            padding=((1, 1), (1, 1)))
+            x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
         else:
             x = GroupedConv(STEM_FEATURES, (3, 3), padding=((1, 1), (1, 1)),
                             use_bias=False, dtype=self.dtype,

@@ -138,3 +138,19 @@ def test_models_give_same_logits_with_every_lowering(make_model, size):
     scale = float(jnp.abs(logits["xla"]).max())
     for impl, out in logits.items():
         assert float(jnp.abs(out - logits["xla"]).max()) < 1e-4 * max(scale, 1)
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 12, 5), (1, 7, 9, 3), (1, 1, 1, 2)])
+@pytest.mark.parametrize("impl", LOWERINGS)
+def test_max_pool_matches_flax(shape, impl):
+    import flax.linen as nn
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    ref = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    out = conv_lib.max_pool(x, 3, 2, 1, impl=impl)
+    np.testing.assert_array_equal(out, ref)
+    # Without ties (random floats) the gradient is the same as well.
+    g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(
+        x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))))(x)
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(conv_lib.max_pool(
+        x, 3, 2, 1, impl=impl))))(x)
+    np.testing.assert_allclose(g, g_ref, atol=1e-6)
