@@ -11,6 +11,11 @@ from resnext_jax.conv import CONV_IMPLS
 from resnext_jax.conv import GroupedConv
 from resnext_jax.conv import grouped_conv
 from resnext_jax.conv import resolve_conv_impl
+from resnext_jax.convert import StateDictMismatchError
+from resnext_jax.convert import load_torch_state_dict
+from resnext_jax.convert import read_state_dict
+from resnext_jax.convert import save_safetensors
+from resnext_jax.convert import to_torch_state_dict
 from resnext_jax.models import ResNeXt
 from resnext_jax.models import create_model
 from resnext_jax.models import init_variables
@@ -28,6 +33,7 @@ __all__ = (
     "CONV_IMPLS",
     "GroupedConv",
     "ResNeXt",
+    "StateDictMismatchError",
     "convert_block_form",
     "count_flops",
     "count_params",
@@ -35,7 +41,11 @@ __all__ = (
     "grouped_conv",
     "init_variables",
     "list_models",
+    "load_torch_state_dict",
     "model_config",
+    "read_state_dict",
     "resolve_conv_impl",
+    "save_safetensors",
     "summarize",
+    "to_torch_state_dict",
 )

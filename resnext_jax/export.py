@@ -1,0 +1,204 @@
+"""Serialized, jit-compiled inference with ``jax.export`` (StableHLO).
+
+The exported function maps ``(weights, images)`` to logits, where ``images``
+are normalized NHWC float32 of a fixed spatial size and a *symbolic* batch
+dimension: one file serves any batch size. The weights are arguments rather
+than constants folded into the program, so XLA compiles quickly and the file
+stays loadable for the largest models.
+
+Load and run the file without this package with :mod:`resnext_jax.serving`
+(numpy and jax only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from resnext_jax import serving
+from resnext_jax.conv import resolve_conv_impl
+from resnext_jax.models import ResNeXt
+
+# Platform names as jax.export spells them.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+    """Validated, de-duplicated platform names, in the order given."""
+    if isinstance(platforms, str):
+        platforms = [p for p in platforms.split(",") if p]
+    platforms = tuple(dict.fromkeys(p.strip().lower() for p in platforms))
+    if not platforms:
+        raise ValueError("platforms is empty; name at least one of "
+                         f"{PLATFORMS}.")
+    for platform in platforms:
+        if platform not in PLATFORMS:
+            hint = " (jax.export calls NVIDIA GPUs 'cuda')" if (
+                platform == "gpu") else ""
+            raise ValueError(
+                f"platform {platform!r} cannot be exported for{hint}; choose "
+                f"from {PLATFORMS}.")
+    return platforms
+
+
+def _inference_fn(model: ResNeXt, treedef, platforms: tuple[str, ...]):
+    """``(flat weights, images) -> logits``, one conv lowering per platform.
+
+    ``conv_impl="auto"`` picks a lowering by the platform that traces, which
+    at export time is the exporting machine's, not the target's. So each
+    target platform gets its own lowering, joined by
+    ``lax.platform_dependent`` when they differ.
+    """
+    impls = {p: resolve_conv_impl(model.conv_impl, platform=p)
+             for p in platforms}
+
+    def apply_with(impl):
+        bound = model.clone(conv_impl=impl)
+
+        def apply(weights, images):
+            variables = jax.tree.unflatten(treedef, weights)
+            return bound.apply(variables, images, train=False)
+        return apply
+
+    if len(set(impls.values())) == 1:
+        return apply_with(next(iter(impls.values())))
+
+    branches = {p: apply_with(impl) for p, impl in impls.items()}
+
+    def dispatch(weights, images):
+        return jax.lax.platform_dependent(weights, images, **branches)
+    return dispatch
+
+
+def export_model(model: ResNeXt, variables: Mapping, *,
+                 platforms: Sequence[str] = ("cpu",),
+                 image_size: int = serving.CROP_SIZE):
+    """Exports eval-mode inference; returns ``(Exported, flat_weights)``.
+
+    Args:
+      model: the :class:`ResNeXt`.
+      variables: its ``{"params": ..., "batch_stats": ...}``.
+      platforms: targets, any of :data:`PLATFORMS`; lowering for an
+        accelerator does not need one present.
+      image_size: height and width of the input images.
+    """
+    platforms = check_platforms(platforms)
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(
+            f"image_size (={image_size!r}) must be a positive integer.")
+    variables = {k: variables[k] for k in ("params", "batch_stats")
+                 if k in variables}
+    weights, treedef = jax.tree.flatten(variables)
+    weights = [np.asarray(w) for w in weights]
+    batch, = jax_export.symbolic_shape("batch")
+    images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3),
+                                  jnp.float32)
+    weight_specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
+    fn = jax.jit(_inference_fn(model, treedef, platforms))
+    exported = jax_export.export(fn, platforms=platforms)(weight_specs,
+                                                          images)
+    return exported, weights
+
+
+def _model_config(model: ResNeXt) -> dict:
+    config = {}
+    for field in dataclasses.fields(model):
+        if field.name in ("parent", "name"):
+            continue
+        value = getattr(model, field.name)
+        if isinstance(value, (tuple, list)):
+            value = list(value)
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            value = str(getattr(value, "__name__", value))
+        config[field.name] = value
+    return config
+
+
+def save_exported(path: str | os.PathLike, model: ResNeXt,
+                  variables: Mapping, *, platforms: Sequence[str] = ("cpu",),
+                  image_size: int = serving.CROP_SIZE,
+                  resize_size: int | None = None,
+                  mean: Sequence[float] = serving.IMAGENET_MEAN,
+                  std: Sequence[float] = serving.IMAGENET_STD,
+                  class_names: Sequence[str] | None = None) -> dict:
+    """Exports the model and writes it to ``path``; returns the metadata.
+
+    Read it back with ``resnext_jax.serving.load(path)``. ``resize_size``
+    (default ``image_size * 256 / 224``, torchvision's ratio), ``mean``,
+    ``std`` and ``class_names`` are recorded for the server's preprocessing
+    and labels; they do not change the exported function.
+    """
+    exported, weights = export_model(model, variables, platforms=platforms,
+                                     image_size=image_size)
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise ValueError(
+            f"class_names has {len(class_names)} entries but the model has "
+            f"num_classes={model.num_classes}.")
+    if resize_size is None:
+        resize_size = round(image_size * serving.RESIZE_SIZE
+                            / serving.CROP_SIZE)
+    meta = dict(
+        format=serving.FORMAT, platforms=list(exported.platforms),
+        image_size=image_size, resize_size=resize_size,
+        num_classes=model.num_classes, mean=[float(m) for m in mean],
+        std=[float(s) for s in std], num_weights=len(weights),
+        class_names=list(class_names or []), jax_version=jax.__version__,
+        model=_model_config(model))
+    arrays = {f"w{i:05d}": w for i, w in enumerate(weights)}
+    arrays["exported"] = np.frombuffer(bytes(exported.serialize()), np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"),
+                                   np.uint8)
+    # np.savez appends .npz to names without it; write through a handle so
+    # the file gets exactly the name asked for.
+    with open(os.fspath(path), "wb") as f:
+        np.savez(f, **arrays)
+    return meta
+
+
+def main(argv=None) -> None:
+    """``python -m resnext_jax.export --model NAME --weights FILE OUT``."""
+    import argparse  # pylint: disable=import-outside-toplevel
+
+    from resnext_jax import predict  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(
+        prog="python -m resnext_jax.export",
+        description="Serialize jit-compiled inference (jax.export, symbolic "
+                    "batch) for serving with resnext_jax/serving.py.")
+    predict.add_model_arguments(parser)
+    parser.add_argument("--platforms", default="cpu",
+                        help="comma-separated targets from "
+                             f"{','.join(PLATFORMS)} (default: cpu)")
+    parser.add_argument("--image-size", type=int,
+                        help="input height and width (default: 224, or the "
+                             "training run's)")
+    parser.add_argument("out", help="output file, e.g. model.rxexport")
+    args = parser.parse_args(argv)
+    try:
+        model, variables, class_names, preprocessing = predict.load_model(
+            args)
+        image_size = args.image_size or preprocessing.crop_size
+        meta = save_exported(args.out, model, variables,
+                             platforms=args.platforms, image_size=image_size,
+                             resize_size=(None if args.image_size
+                                          else preprocessing.resize_size),
+                             mean=preprocessing.mean, std=preprocessing.std,
+                             class_names=class_names)
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"error: {e}")
+    size = os.path.getsize(args.out) / 2**20
+    print(f"wrote {args.out} ({size:.1f} MiB): platforms "
+          f"{','.join(meta['platforms'])}, input (batch, {image_size}, "
+          f"{image_size}, 3) float32, {meta['num_classes']} classes")
+
+
+if __name__ == "__main__":
+    main()

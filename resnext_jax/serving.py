@@ -1,0 +1,161 @@
+"""Runs an exported ResNeXt (see :mod:`resnext_jax.export`) with no model code.
+
+This file imports only numpy, jax and (for image files) PIL, and nothing from
+resnext_jax: copy it next to a server, or run it as a script::
+
+    python serving.py model.rxexport cat.jpg dog.jpg
+
+It also holds torchvision's ImageNet eval preprocessing, which
+:mod:`resnext_jax.predict` reuses.
+
+Export file format: an uncompressed ``.npz`` with ``exported`` (the bytes of
+``jax.export.Exported.serialize()``), ``meta`` (UTF-8 JSON) and the weights
+``w00000``, ``w00001``, ... in the order the exported function takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+FORMAT = "resnext_jax.export/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_SIZE = 256
+CROP_SIZE = 224
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing, as torchvision's ImageNet eval transforms:
+# Resize(256) (bilinear, shorter side) -> CenterCrop(224) -> ToTensor ->
+# Normalize(mean, std); here in NHWC.
+
+def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
+                    crop_size: int = CROP_SIZE) -> np.ndarray:
+    """A PIL image -> uint8 ``(crop, crop, 3)``, as Resize + CenterCrop."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    if resize_size < crop_size:
+        raise ValueError(
+            f"resize_size (={resize_size}) must be at least crop_size "
+            f"(={crop_size}).")
+    image = image.convert("RGB")
+    width, height = image.size
+    # torchvision: the shorter side becomes resize_size, the longer side
+    # int(resize_size * long / short) (truncated, not rounded).
+    if width <= height:
+        size = (resize_size, int(resize_size * height / width))
+    else:
+        size = (int(resize_size * width / height), resize_size)
+    if size != (width, height):
+        image = image.resize(size, Image.BILINEAR)
+    width, height = image.size
+    top = int(round((height - crop_size) / 2.0))
+    left = int(round((width - crop_size) / 2.0))
+    image = image.crop((left, top, left + crop_size, top + crop_size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN,
+              std=IMAGENET_STD) -> np.ndarray:
+    """uint8 NHWC (or HWC) pixels -> float32, scaled to [0, 1], normalized."""
+    pixels = np.asarray(pixels, np.float32) / 255.0
+    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std,
+                                                                np.float32)
+
+
+def load_image(path: str | os.PathLike, resize_size: int = RESIZE_SIZE,
+               crop_size: int = CROP_SIZE, mean=IMAGENET_MEAN,
+               std=IMAGENET_STD) -> np.ndarray:
+    """An image file -> normalized float32 ``(crop, crop, 3)``."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    with Image.open(path) as image:
+        return normalize(resize_and_crop(image, resize_size, crop_size),
+                         mean, std)
+
+
+# ---------------------------------------------------------------------------
+# Exported models.
+
+class ExportedModel:
+    """A deserialized export: call it on normalized NHWC float32 images.
+
+    ``meta`` holds what the exporter recorded: ``platforms``, ``image_size``,
+    ``num_classes``, ``mean``/``std``, ``class_names`` (may be empty), the
+    model's configuration.
+    """
+
+    def __init__(self, exported, weights, meta):
+        import jax  # pylint: disable=import-outside-toplevel
+
+        self.exported = exported
+        self.meta = meta
+        # Weights become device arrays once, not at every call.
+        self.weights = [jax.device_put(w) for w in weights]
+        self._call = jax.jit(exported.call)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+    def __call__(self, images) -> np.ndarray:
+        """Logits ``(N, num_classes)`` for images ``(N, H, W, 3)``."""
+        size = self.meta["image_size"]
+        if np.ndim(images) != 4 or tuple(np.shape(images)[1:]) != (
+                size, size, 3):
+            raise ValueError(
+                f"images must have shape (N, {size}, {size}, 3), the shape "
+                f"this model was exported for; got {np.shape(images)}.")
+        return self._call(self.weights, np.asarray(images, np.float32))
+
+
+def load(path: str | os.PathLike) -> ExportedModel:
+    """Reads a file written by ``resnext_jax.export``."""
+    from jax import export  # pylint: disable=import-outside-toplevel
+
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{os.fspath(path)!r} has format {meta.get('format')!r}; "
+                f"this loader reads {FORMAT!r}.")
+        exported = export.deserialize(bytearray(data["exported"].tobytes()))
+        weights = [data[f"w{i:05d}"] for i in range(meta["num_weights"])]
+    return ExportedModel(exported, weights, meta)
+
+
+def top_k(logits, k: int = 5):
+    """Softmax probabilities and indices of the ``k`` largest, descending."""
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    k = min(k, probs.shape[-1])
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    return np.take_along_axis(probs, order, axis=-1), order
+
+
+def main(argv=None) -> None:
+    """``python serving.py MODEL_FILE IMAGE...``: top-5 labels per image."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        sys.exit("usage: python serving.py MODEL_FILE IMAGE [IMAGE ...]")
+    model = load(argv[0])
+    size = model.meta["image_size"]
+    images = np.stack([
+        load_image(p, model.meta["resize_size"], size, model.meta["mean"],
+                   model.meta["std"]) for p in argv[1:]])
+    probs, indices = top_k(model(images))
+    names = model.class_names
+    for path, p_row, i_row in zip(argv[1:], probs, indices):
+        print(path)
+        for p, i in zip(p_row, i_row):
+            label = names[i] if i < len(names) else f"class_{i}"
+            print(f"  {p:.4f}  {label} ({i})")
+
+
+if __name__ == "__main__":
+    main()

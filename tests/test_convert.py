@@ -1,0 +1,297 @@
+"""Weight conversion to and from torchvision/timm state dicts.
+
+The parity tests need torch and torchvision and skip themselves without them.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_variables, tiny_model
+
+import resnext_jax as rx
+from resnext_jax import convert, to_safetensors
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_model()
+    return model, random_variables(model)
+
+
+# ---------------------------------------------------------------------------
+# Without torch.
+
+def test_state_dict_names_and_layouts(tiny):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model)
+    params, stats = variables["params"], variables["batch_stats"]
+    np.testing.assert_array_equal(
+        state["conv1.weight"],
+        np.asarray(params["conv1"]["kernel"]).transpose(3, 2, 0, 1))
+    # Grouped 3x3: torch (out, in/G, 3, 3); 4 groups of width 16 -> 4 in.
+    assert state["layer1.0.conv2.weight"].shape == (16, 4, 3, 3)
+    assert state["layer2.0.downsample.0.weight"].shape == (512, 256, 1, 1)
+    np.testing.assert_array_equal(
+        state["layer2.0.downsample.1.running_var"],
+        stats["layer2_0"]["downsample"]["bn"]["var"])
+    np.testing.assert_array_equal(state["fc.weight"],
+                                  np.asarray(params["fc"]["kernel"]).T)
+    assert state["bn1.num_batches_tracked"].dtype == np.int64
+    num_bn = sum(k.endswith("num_batches_tracked") for k in state)
+    assert num_bn == 1 + 4 * 3 + 4  # stem, 3 per block, 4 downsamples
+    # Every parameter and statistic appears exactly once.
+    num_leaves = len(jax.tree.leaves(variables))
+    assert len(state) == num_leaves + num_bn
+
+
+def test_round_trip_through_safetensors_is_exact(tiny, tmp_path):
+    model, variables = tiny
+    path = tmp_path / "tiny.safetensors"
+    rx.save_safetensors(variables, model, path)
+    restored = rx.load_torch_state_dict(str(path), model)
+    _assert_trees_equal(restored, variables)
+    # The file holds torch's layout and names, readable with numpy alone.
+    state = rx.read_state_dict(path)
+    reference = rx.to_torch_state_dict(variables, model)
+    assert set(state) == set(reference)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(state[key], value)
+
+
+def test_form_a_model_loads_and_saves_form_c_weights(tiny):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model)
+    model_a = model.clone(block_form="A")
+    variables_a = rx.load_torch_state_dict(state, model_a)
+    assert "branch_3" in variables_a["params"]["layer1_0"]
+    _assert_trees_equal(variables_a,
+                        rx.convert_block_form(variables, to="A"))
+    back = rx.to_torch_state_dict(variables_a, model_a)
+    for key, value in state.items():
+        np.testing.assert_array_equal(back[key], value)
+
+
+def test_wrappers_prefixes_and_missing_counters_are_accepted(tiny):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model,
+                                   num_batches_tracked=False)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items()},
+               "epoch": 3}
+    _assert_trees_equal(rx.load_torch_state_dict(wrapped, model), variables)
+
+
+def test_errors_name_missing_unexpected_and_misshaped_keys(tiny):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model)
+    del state["layer3.0.bn2.running_mean"]
+    state["layer9.0.conv1.weight"] = np.zeros((4, 4, 1, 1), np.float32)
+    state["layer1.0.conv2.weight"] = np.zeros((16, 16, 3, 3), np.float32)
+    with pytest.raises(convert.StateDictMismatchError) as info:
+        rx.load_torch_state_dict(state, model)
+    error = info.value
+    assert error.missing == ["layer3.0.bn2.running_mean"]
+    assert error.unexpected == ["layer9.0.conv1.weight"]
+    assert error.mismatched == {
+        "layer1.0.conv2.weight": ((16, 16, 3, 3), (16, 4, 3, 3))}
+    message = str(error)
+    assert "missing key: layer3.0.bn2.running_mean" in message
+    assert "unexpected key: layer9.0.conv1.weight" in message
+    assert ("layer1.0.conv2.weight: checkpoint (16, 16, 3, 3), model "
+            "expects (16, 4, 3, 3)") in message
+    assert isinstance(error, ValueError)
+
+
+def test_variables_of_another_model_are_rejected(tiny):
+    model, variables = tiny
+    with pytest.raises(convert.StateDictMismatchError, match="layer1_0"):
+        rx.to_torch_state_dict(variables, model.clone(cardinality=2))
+
+
+def test_head_keep_rejects_other_num_classes_with_a_hint(tiny):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model)
+    with pytest.raises(ValueError, match="head='reinit'") as info:
+        rx.load_torch_state_dict(state, model.clone(num_classes=5))
+    assert "fc.weight: checkpoint (7, 2048), model expects (5, 2048)" in str(
+        info.value)
+
+
+def test_head_reinit_and_drop(tiny):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model)
+    five = model.clone(num_classes=5)
+    loaded = rx.load_torch_state_dict(state, five, head="reinit", rng=1)
+    fc = loaded["params"].pop("fc")
+    assert fc["kernel"].shape == (2048, 5) and fc["bias"].shape == (5,)
+    assert float(jnp.std(fc["kernel"])) > 0
+    backbone = {k: dict(v) for k, v in variables.items()}
+    backbone["params"] = {k: v for k, v in variables["params"].items()
+                          if k != "fc"}
+    _assert_trees_equal(loaded, backbone)
+
+    headless = model.clone(num_classes=0)
+    dropped = rx.load_torch_state_dict(state, headless, head="drop")
+    assert "fc" not in dropped["params"]
+    features = jax.eval_shape(headless.apply, dropped,
+                              jnp.zeros((1, 32, 32, 3)))
+    assert features.shape == (1, 2048)
+    with pytest.raises(ValueError, match="head='drop'"):
+        rx.load_torch_state_dict(state, headless)
+
+
+@pytest.mark.parametrize("head,num_classes,match", [
+    ("replace", 7, "not a head mode"),
+    ("drop", 7, "num_classes=7"),
+    ("reinit", 0, "num_classes=0"),
+])
+def test_bad_head_arguments(tiny, head, num_classes, match):
+    model, variables = tiny
+    state = rx.to_torch_state_dict(variables, model)
+    with pytest.raises(ValueError, match=match):
+        rx.load_torch_state_dict(state, model.clone(num_classes=num_classes),
+                                 head=head)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        rx.read_state_dict(tmp_path / "nope.safetensors")
+    odd = tmp_path / "weights.h5"
+    odd.write_bytes(b"")
+    with pytest.raises(ValueError, match="unknown suffix"):
+        rx.read_state_dict(odd)
+
+
+def test_pth_without_torch_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"")
+    with pytest.raises(ImportError, match="needs PyTorch"):
+        rx.read_state_dict(path)
+
+
+def test_convert_command(tiny, tmp_path, capsys):
+    model, variables = tiny
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    rx.save_safetensors(variables, model, src)
+    kwargs = '{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, ' \
+             '"base_width": 4}'
+    to_safetensors.main(["--model", "resnext50_32x4d", "--model-kwargs", kwargs,
+                  str(src), str(dst)])
+    assert "7 classes" in capsys.readouterr().out
+    _assert_trees_equal(rx.load_torch_state_dict(str(dst), model), variables)
+
+
+# ---------------------------------------------------------------------------
+# Parity with torchvision (needs torch and torchvision).
+
+def _randomize_torch(net, torch, seed):
+    """Random BN affine parameters and running statistics, none a no-op.
+
+    Statistics drawn from nothing would let activations grow block by block
+    to logits in the thousands, where float32 rounding alone exceeds the
+    tolerance. So the statistics are measured on a random batch first (as
+    training would) and then perturbed at random.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [(name, m) for name, m in net.named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for name, norm in norms:
+            n = norm.num_features
+            # Residual branches end in small scales, as in trained networks;
+            # otherwise 33 blocks of ResNeXt-101 add up to logits over 100.
+            low, high = (0.1, 0.5) if name.endswith("bn3") else (0.5, 1.5)
+            norm.weight.copy_(low + (high - low) * torch.rand(
+                n, generator=generator))
+            norm.bias.copy_(0.1 * torch.randn(n, generator=generator))
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average: stats of this batch
+        net.train()
+        net(torch.randn(2, 3, 224, 224, generator=generator))
+        for _, norm in norms:
+            n = norm.num_features
+            norm.running_mean.add_(norm.running_var.sqrt() * 0.2 * torch.randn(
+                n, generator=generator))
+            norm.running_var.mul_(0.7 + 0.6 * torch.rand(n,
+                                                          generator=generator))
+            norm.momentum = 0.1
+            # Not carried over (we have no step counter); written back as 0.
+            norm.num_batches_tracked.zero_()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def tv():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    return torch, torchvision
+
+
+@pytest.mark.parametrize("name", [
+    "resnet50",
+    "resnext50_32x4d",
+    pytest.param("resnext101_32x8d", marks=pytest.mark.slow),
+    pytest.param("resnext101_64x4d", marks=pytest.mark.slow),
+])
+def test_torchvision_parity(tv, name):
+    torch, torchvision = tv
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    net = _randomize_torch(getattr(torchvision.models, name)(), torch, 1)
+    images = torch.randn(2, 3, 224, 224,
+                         generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = net(images).numpy()
+    torch_state = net.state_dict()
+
+    model = rx.create_model(name)
+    variables = rx.load_torch_state_dict(torch_state, model)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, images.numpy().transpose(0, 2, 3, 1))
+    max_diff = float(np.max(np.abs(np.asarray(logits) - expected)))
+    print(f"\n{name}: max abs logit diff {max_diff:.3g} "
+          f"(logits up to {np.abs(expected).max():.3g}), "
+          f"{time.perf_counter() - start:.1f} s")
+    assert max_diff < 1e-4
+
+    back = rx.to_torch_state_dict(variables, model)
+    assert set(back) == set(torch_state)
+    for key, tensor in torch_state.items():
+        np.testing.assert_array_equal(back[key], tensor.numpy(), err_msg=key)
+
+
+def test_our_weights_load_into_torchvision(tv, tiny):
+    """Strict load into a torchvision ResNet of the same shape; same logits."""
+    torch, torchvision = tv
+    from torchvision.models.resnet import Bottleneck, ResNet
+    model, variables = tiny
+    net = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=7, groups=4,
+                 width_per_group=4).eval()
+    state = rx.to_torch_state_dict(variables, model)
+    net.load_state_dict({k: torch.tensor(v) for k, v in state.items()},
+                        strict=True)
+    images = np.random.default_rng(0).normal(
+        size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    logits = model.apply(variables, images)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4,
+                               rtol=0)
