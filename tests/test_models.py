@@ -52,12 +52,16 @@ def test_headless_model_returns_pooled_features():
 
 def test_real_forward_train_and_eval(images):
     model = tiny_model()
-    variables = model.init(jax.random.PRNGKey(0), images)
-    logits = model.apply(variables, images)
+    variables = rx.init_variables(model, 0, 32)
+
+    @jax.jit
+    def both(variables, images):
+        return model.apply(variables, images), model.apply(
+            variables, images, train=True, mutable=["batch_stats"])
+
+    logits, (logits_train, updates) = both(variables, images)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
-    logits_train, updates = model.apply(variables, images, train=True,
-                                        mutable=["batch_stats"])
     assert logits_train.shape == (2, 7)
     # Running statistics move in train mode.
     before = variables["batch_stats"]["bn1"]["mean"]
@@ -92,25 +96,27 @@ def test_layer_names_follow_torchvision():
 
 
 def test_zero_init_residual():
-    model = tiny_model()
-    variables = rx.init_variables(model, 0, 32)
+    from conftest import small_cifar_model
+    model = small_cifar_model()
+    variables = rx.init_variables(model, 0, 8)
     block = variables["params"]["layer1_0"]
     assert float(jnp.abs(block["bn3"]["scale"]).max()) == 0.0
     assert float(block["bn2"]["scale"].min()) == 1.0
-    off = rx.init_variables(tiny_model(zero_init_residual=False), 0, 32)
+    off = rx.init_variables(small_cifar_model(zero_init_residual=False), 0, 8)
     assert float(off["params"]["layer1_0"]["bn3"]["scale"].min()) == 1.0
 
 
 def test_bfloat16_runs_and_stays_close_to_float32(images):
     from conftest import randomize
+    from conftest import random_variables
     model32 = tiny_model(zero_init_residual=False)
     model16 = tiny_model(zero_init_residual=False, dtype=jnp.bfloat16)
-    variables = randomize(rx.init_variables(model32, 0, 32))
-    out32 = model32.apply(variables, images)
-    out16 = model16.apply(variables, images)
+    variables = random_variables(model32, image_size=32)
+    out32 = jax.jit(model32.apply)(variables, images)
+    out16 = jax.jit(model16.apply)(variables, images)
     assert out16.dtype == jnp.float32  # classifier runs in float32
     # Parameters stay float32 under bfloat16 compute.
-    init16 = rx.init_variables(model16, 0, 32)
+    init16 = jax.eval_shape(lambda: rx.init_variables(model16, 0, 32))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(init16))
     scale = float(jnp.abs(out32).max())
     assert float(jnp.abs(out16 - out32).max()) < 0.05 * scale
@@ -120,7 +126,8 @@ def test_features_of_cifar_model(images):
     model = rx.ResNeXt(stage_sizes=(1, 1, 1), cardinality=2, base_width=4,
                        stem="cifar", num_classes=3)
     variables = rx.init_variables(model, 0, 32)
-    feats = model.apply(variables, images, return_features=True)
+    feats = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(
+        variables, images)
     assert feats["layer3"].shape == (2, 8, 8, 1024)
     assert feats["logits"].shape == (2, 3)
 
