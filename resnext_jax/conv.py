@@ -38,7 +38,7 @@ _ENV_VAR = "RESNEXT_JAX_CONV_IMPL"
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Input channels per dense chunk of the block-diagonal lowering.
-_CHUNK_CHANNELS = 32
+_CHUNK_CHANNELS = 16
 
 
 def check_conv_impl(impl: str) -> str:
@@ -101,8 +101,8 @@ def default_chunk_groups(groups: int, cin_per_group: int,
     A chunk of ``k`` groups multiplies ``k`` times the useful multiply-adds
     (the zeros off the diagonal), so small chunks waste little; but every
     chunk is a separate convolution, and XLA:CPU runs convolutions much
-    narrower than ~32 channels poorly. Measured on ResNeXt-50's stage shapes
-    (``benchmarks/bench_conv.py``), chunks of about 32 input channels are
+    narrower than ~16 channels poorly. Measured on ResNeXt-50's stage shapes
+    (``benchmarks/bench_conv.py``), chunks of about 16 input channels are
     fastest forward and backward.
     """
     target = max(1, _CHUNK_CHANNELS // max(cin_per_group, 1))
