@@ -165,12 +165,12 @@ def bench_torch(name: str, batch: int, size: int, dtype: str, runs: int,
 
 
 def format_table(results: list[dict]) -> str:
-    lines = [f"{'framework':<10}{'impl':<14}{'dtype':<10}{'batch':>6}"
+    lines = [f"{'framework':<10}{'lowering':<28}{'dtype':<10}{'batch':>6}"
              f"{'infer img/s':>13}{'train img/s':>13}"]
     for r in results:
         train = r.get("train_img_s")
         lines.append(
-            f"{r['framework']:<10}{r['impl'] + '/' + r['resolved_impl']:<14}"
+            f"{r['framework']:<10}{r['impl'] + ' (' + r['resolved_impl'] + ')':<28}"
             f"{r['dtype']:<10}{r['batch']:>6}{r['infer_img_s']:>13.2f}"
             f"{(f'{train:.3f}' if train else '-'):>13}")
     return "\n".join(lines)

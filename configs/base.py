@@ -1,0 +1,61 @@
+"""Fields shared by every experiment; each config file overrides a few.
+
+Not an experiment itself: ``configs/default.py`` is the runnable default.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with neutral defaults."""
+    config = ml_collections.ConfigDict()
+
+    # Model: a registry name (``resnext_jax.list_models()``) or "custom";
+    # ``model_kwargs`` are ResNeXt field overrides (num_classes comes from
+    # the data set).
+    config.model = "custom"
+    config.model_kwargs = ml_collections.ConfigDict()
+    config.compute_dtype = "float32"  # or "bfloat16"; params stay float32.
+
+    # Data.
+    config.dataset = "digits"  # digits, cifar10, cifar100, imagenet2012,
+    #                            imagenette[/<config>], folder
+    config.data_dir = ""  # TFDS data dir, or the image folder's root.
+    config.manual_dir = ""  # imagenet2012: where the downloaded tars are.
+    config.download = False  # let TFDS download and prepare if missing.
+    config.train_split = "train"
+    config.eval_split = "test"
+    config.image_size = 32
+    config.preprocess = "auto"  # auto, digits, cifar, imagenet
+    config.augment = True
+    config.shuffle_buffer_size = 10_000
+    config.folder_eval_fraction = 0.2  # folder without train/ and val/.
+
+    # Optimization. Learning rate = base_learning_rate * batch_size /
+    # base_batch_size (linear scaling, Goyal et al. 2017).
+    config.batch_size = 256  # global, over all devices and hosts.
+    config.eval_batch_size = 256
+    config.num_epochs = 90.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs.
+    config.base_learning_rate = 0.1
+    config.base_batch_size = 256
+    config.lr_schedule = "cosine"  # cosine or step
+    config.warmup_epochs = 0.0
+    config.lr_decay_epochs = ()  # step schedule: epochs where lr drops.
+    config.lr_decay_factor = 0.1
+    config.momentum = 0.9
+    config.nesterov = True
+    config.weight_decay = 1e-4
+    config.weight_decay_bn = False  # decay BatchNorm scales and biases too.
+    config.weight_decay_bias = False  # decay other biases (fc) too.
+    config.label_smoothing = 0.0
+    config.grad_accum_steps = 1  # micro-batches per step.
+
+    # Bookkeeping.
+    config.seed = 0
+    config.log_every_steps = 50
+    config.eval_every_steps = -1  # -1: once per epoch.
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 2
+    config.progress_bar = True
+    return config

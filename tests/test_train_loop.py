@@ -1,0 +1,110 @@
+"""The training loop: outputs of a run, resume, inference loading, CLI."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from train import loop
+from train.checkpoint import load_dataset_info, restore_for_inference
+from train.metrics_io import read_metrics
+from train.plot import plot_curves
+from train_helpers import run_python, tiny_config
+
+STEPS = 6
+
+
+def _config():
+    # Eval and checkpoints mid-run, so that resume crosses both.
+    return tiny_config(num_train_steps=STEPS, eval_every_steps=2,
+                       checkpoint_every_steps=2, log_every_steps=2)
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in
+            jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    summary = loop.train_and_evaluate(_config(), workdir)
+    return workdir, summary
+
+
+def test_run_writes_summary_metrics_events_and_config(full_run):
+    workdir, summary = full_run
+    saved = json.loads((workdir / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "steps", "examples_per_second",
+                "wall_seconds"):
+        assert saved[key] is not None, key
+    assert saved["steps"] == STEPS and saved["completed"]
+    assert saved["test_examples"] == 360
+    assert saved == json.loads(json.dumps(summary))
+    records = read_metrics(workdir)
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert {"loss", "accuracy", "learning_rate",
+            "examples_per_second"} <= set(train[-1])
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_train_steps"] == STEPS
+    assert load_dataset_info(workdir)["class_names"] == [
+        str(i) for i in range(10)]
+    assert (workdir / "best").is_dir()
+
+
+def test_plot_writes_a_png(full_run, tmp_path):
+    workdir, _ = full_run
+    out = plot_curves(workdir, tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000
+
+
+def test_restore_for_inference_reproduces_eval(full_run):
+    workdir, summary = full_run
+    from train import data as data_lib
+
+    model, variables, class_names = restore_for_inference(workdir, "latest")
+    assert class_names == [str(i) for i in range(10)]
+    assert model.axis_name is None
+    source = data_lib.create_data_source(tiny_config())
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    correct = count = 0
+    for batch in source.eval_batches():
+        predicted = np.argmax(apply(variables, batch["image"]), -1)
+        correct += float(((predicted == batch["label"]) * batch["mask"]).sum())
+        count += float(batch["mask"].sum())
+    assert count == 360
+    assert correct / count == pytest.approx(summary["test_accuracy"])
+
+
+def test_resume_after_stop_equals_uninterrupted_run(full_run, tmp_path):
+    workdir, summary = full_run
+    stopped = loop.train_and_evaluate(_config(), tmp_path, stop_at_step=3)
+    assert stopped["steps"] == 3 and not stopped["completed"]
+    assert not (tmp_path / "summary.json").exists()
+    resumed = loop.train_and_evaluate(_config(), tmp_path)
+    assert resumed["steps"] == STEPS
+    _, expected, _ = restore_for_inference(workdir, "latest")
+    _, got, _ = restore_for_inference(tmp_path, "latest")
+    expected, got = _flat(expected), _flat(got)
+    for key in expected:  # Same program, same data, same state: same bits.
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert resumed["test_loss"] == summary["test_loss"]
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_cli_with_overrides(tmp_path):
+    out = run_python(
+        "import sys; from absl import app; import train.__main__ as m; "
+        "sys.argv = ['train', '--config', 'configs/default.py', "
+        f"'--workdir', {str(tmp_path)!r}, '--config.num_train_steps=2', "
+        "'--config.model_kwargs.cardinality=4', "
+        "'--config.model_kwargs.base_width=2', '--config.batch_size=16', "
+        "'--config.progress_bar=False']; app.run(m.main)")
+    assert "done: test accuracy" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["batch_size"] == 16

@@ -1,0 +1,147 @@
+"""Checkpoints of a training workdir: save, resume, load for inference.
+
+Layout of ``<workdir>``::
+
+  config.json          the config of the run
+  dataset.json         class names, image size, normalization
+  checkpoints/<step>/  latest train states (orbax), with metadata
+  best/<step>/         the state with the best eval accuracy so far
+
+A checkpoint holds the whole :class:`~train.steps.TrainState` (params, BN
+statistics, optimizer state, step, rng) and JSON metadata; the input
+pipeline position is the step (see :mod:`train.data`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from train.steps import TrainState
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+
+
+def _manager(directory: pathlib.Path, max_to_keep: int
+             ) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        # Synchronous: the state is donated to the next step, and a save
+        # that has returned is a save that is on disk.
+        enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+class Checkpointer:
+    """The latest ``keep`` states and the best one of a workdir."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+        workdir = pathlib.Path(workdir)
+        self.latest = _manager(workdir / LATEST_DIR, keep)
+        self.best = _manager(workdir / BEST_DIR, 1)
+
+    def save(self, state: TrainState, metadata: dict,
+             best: bool = False) -> None:
+        """Saves ``state`` under its step (to ``best/`` if ``best``)."""
+        manager = self.best if best else self.latest
+        step = int(jax.device_get(state.step))
+        if step in manager.all_steps():
+            return
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(flax.serialization.to_state_dict(
+                state)),
+            metadata=ocp.args.JsonSave(dict(metadata, step=step))))
+        manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore_latest(self, template: TrainState
+                       ) -> tuple[TrainState, dict] | None:
+        """The latest state, placed like ``template``; None if there is none."""
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                flax.serialization.to_state_dict(template))
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            metadata=ocp.args.JsonRestore()))
+        state = flax.serialization.from_state_dict(template,
+                                                   restored["state"])
+        return state, dict(restored["metadata"])
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def save_run_files(workdir: str | pathlib.Path,
+                   config: ml_collections.ConfigDict,
+                   dataset_info: dict) -> None:
+    """Writes ``config.json`` and ``dataset.json`` beside the checkpoints."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+    (workdir / DATASET_FILE).write_text(json.dumps(dataset_info, indent=2))
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a "
+                                "training workdir.")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_dataset_info(workdir: str | pathlib.Path) -> dict:
+    """Class names, image size and normalization of a workdir's data."""
+    return json.loads((pathlib.Path(workdir) / DATASET_FILE).read_text())
+
+
+def restore_for_inference(workdir: str | pathlib.Path, which: str = "best"
+                          ) -> tuple[Any, dict, list[str]]:
+    """``(model, variables, class_names)`` of a training workdir.
+
+    Loads the best checkpoint (``which="best"``, falling back to the latest
+    when none was kept) or the latest (``which="latest"``) and rebuilds the
+    model from the saved config, without a BatchNorm axis. ``variables`` is
+    ``{"params", "batch_stats"}``, ready for ``model.apply(variables, x)``.
+    Preprocessing (image size, mean, std) is in :func:`load_dataset_info`.
+    """
+    from train.model_factory import build_model  # Avoids an import cycle.
+
+    if which not in ("best", "latest"):
+        raise ValueError(f"which (={which!r}) must be 'best' or 'latest'.")
+    workdir = pathlib.Path(workdir)
+    config = load_config(workdir)
+    info = load_dataset_info(workdir)
+    order = [BEST_DIR, LATEST_DIR] if which == "best" else [LATEST_DIR]
+    for sub in order:
+        if not (workdir / sub).is_dir():
+            continue
+        manager = ocp.CheckpointManager(
+            (workdir / sub).absolute(),
+            options=ocp.CheckpointManagerOptions(read_only=True))
+        step = manager.latest_step()
+        if step is None:
+            continue
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))
+        state = restored["state"]
+        variables = {"params": state["params"],
+                     "batch_stats": state.get("batch_stats", {})}
+        model = build_model(config, len(info["class_names"]), axis_name=None)
+        return model, variables, list(info["class_names"])
+    raise FileNotFoundError(f"no checkpoint in {workdir / BEST_DIR} or "
+                            f"{workdir / LATEST_DIR}.")

@@ -1,0 +1,128 @@
+"""Checks a training config before anything is built or compiled."""
+
+from __future__ import annotations
+
+import numbers
+
+import ml_collections
+
+import resnext_jax
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "imagenette",
+            "folder")
+PREPROCESS = ("auto", "digits", "cifar", "imagenet")
+SCHEDULES = ("cosine", "step")
+DTYPES = ("float32", "bfloat16")
+
+
+def dataset_family(name: str) -> str:
+    """``"imagenette/160px"`` -> ``"imagenette"``."""
+    return str(name).split("/", 1)[0].split(":", 1)[0]
+
+
+def _fail(field, value, rule):
+    raise ValueError(f"config.{field} (={value!r}) {rule}")
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive_int(config, field):
+    value = config[field]
+    if not _is_int(value) or value < 1:
+        _fail(field, value, "must be a positive integer.")
+
+
+def _number(config, field, low=None, high=None, low_open=False,
+            high_open=False):
+    value = config[field]
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        _fail(field, value, "must be a number.")
+    if low is not None and (value < low or (low_open and value == low)):
+        _fail(field, value, f"must be {'>' if low_open else '>='} {low}.")
+    if high is not None and (value > high or (high_open and value == high)):
+        _fail(field, value, f"must be {'<' if high_open else '<='} {high}.")
+
+
+def _choice(config, field, choices):
+    if config[field] not in choices:
+        _fail(field, config[field], f"must be one of {choices}.")
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: int | None = None) -> None:
+    """Raises ``ValueError`` naming the first bad field of ``config``.
+
+    With ``num_devices`` also checks that the batches split evenly over the
+    devices (and over the gradient-accumulation micro-batches).
+    """
+    if config.model != "custom" and config.model not in (
+            resnext_jax.list_models()):
+        _fail("model", config.model,
+              "must be 'custom' or a registered model: "
+              f"{', '.join(resnext_jax.list_models())}.")
+    if "num_classes" in config.model_kwargs:
+        _fail("model_kwargs.num_classes", config.model_kwargs.num_classes,
+              "is set by the data set; remove it.")
+    _choice(config, "compute_dtype", DTYPES)
+    if dataset_family(config.dataset) not in DATASETS:
+        _fail("dataset", config.dataset, f"must be one of {DATASETS} "
+              "(imagenette may carry a TFDS config, e.g. 'imagenette/160px').")
+    if config.dataset == "folder" and not config.data_dir:
+        _fail("data_dir", config.data_dir,
+              "must name the image folder (one subfolder per class) when "
+              "config.dataset='folder'.")
+    _choice(config, "preprocess", PREPROCESS)
+    _positive_int(config, "image_size")
+    _positive_int(config, "shuffle_buffer_size")
+    _number(config, "folder_eval_fraction", 0, 1, low_open=True,
+            high_open=True)
+
+    for field in ("batch_size", "eval_batch_size", "base_batch_size",
+                  "grad_accum_steps", "log_every_steps",
+                  "checkpoint_every_steps", "keep_checkpoints"):
+        _positive_int(config, field)
+    if not _is_int(config.num_train_steps) or config.num_train_steps == 0 \
+            or config.num_train_steps < -1:
+        _fail("num_train_steps", config.num_train_steps,
+              "must be a positive integer, or -1 to train num_epochs.")
+    if config.num_train_steps == -1:
+        _number(config, "num_epochs", 0, low_open=True)
+    if not _is_int(config.eval_every_steps) or config.eval_every_steps == 0 \
+            or config.eval_every_steps < -1:
+        _fail("eval_every_steps", config.eval_every_steps,
+              "must be a positive integer, or -1 for once per epoch.")
+    _number(config, "base_learning_rate", 0)
+    _choice(config, "lr_schedule", SCHEDULES)
+    _number(config, "warmup_epochs", 0)
+    for epoch in config.lr_decay_epochs:
+        if not isinstance(epoch, numbers.Real) or epoch <= 0:
+            _fail("lr_decay_epochs", tuple(config.lr_decay_epochs),
+                  "must hold positive epoch numbers.")
+    if list(config.lr_decay_epochs) != sorted(config.lr_decay_epochs):
+        _fail("lr_decay_epochs", tuple(config.lr_decay_epochs),
+              "must be increasing.")
+    _number(config, "lr_decay_factor", 0, 1, low_open=True)
+    _number(config, "momentum", 0, 1, high_open=True)
+    _number(config, "weight_decay", 0)
+    _number(config, "label_smoothing", 0, 1, high_open=True)
+    _number(config, "seed", 0)
+    if not _is_int(config.seed):
+        _fail("seed", config.seed, "must be a non-negative integer.")
+
+    if config.batch_size % config.grad_accum_steps:
+        _fail("batch_size", config.batch_size,
+              f"must be divisible by config.grad_accum_steps "
+              f"(={config.grad_accum_steps}).")
+    if num_devices is not None:
+        per_step = num_devices * config.grad_accum_steps
+        if config.batch_size % per_step:
+            _fail("batch_size", config.batch_size,
+                  f"must be divisible by the number of devices ({num_devices})"
+                  f" times config.grad_accum_steps "
+                  f"(={config.grad_accum_steps}).")
+        if config.eval_batch_size % num_devices:
+            _fail("eval_batch_size", config.eval_batch_size,
+                  f"must be divisible by the number of devices "
+                  f"({num_devices}).")

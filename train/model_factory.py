@@ -1,0 +1,35 @@
+"""Builds the ResNeXt a config describes."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+import resnext_jax
+
+from train.steps import AXIS
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                axis_name: str | None = AXIS) -> resnext_jax.ResNeXt:
+    """``config.model`` (a registry name or "custom") with
+    ``config.model_kwargs``, ``num_classes`` classes, ``compute_dtype``
+    computation and float32 parameters; BatchNorm reduces over
+    ``axis_name`` (the data-parallel axis; None for inference).
+    """
+    kwargs = dict(config.model_kwargs.to_dict()) if hasattr(
+        config.model_kwargs, "to_dict") else dict(config.model_kwargs)
+    for key in ("stage_sizes", "stage_widths"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    kwargs.update(num_classes=num_classes, axis_name=axis_name,
+                  dtype=_DTYPES[config.compute_dtype],
+                  param_dtype=jnp.float32)
+    try:
+        if config.model == "custom":
+            return resnext_jax.ResNeXt(**kwargs)
+        return resnext_jax.create_model(config.model, **kwargs)
+    except TypeError as error:  # Unknown keyword to the dataclass.
+        raise ValueError(f"config.model_kwargs: {error}") from error

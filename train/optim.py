@@ -1,0 +1,80 @@
+"""Learning-rate schedules, the weight-decay mask and the optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
+    """Linear scaling rule: lr = base_lr * batch_size / base_batch_size."""
+    return (config.base_learning_rate * config.batch_size
+            / config.base_batch_size)
+
+
+def create_learning_rate_schedule(config: ml_collections.ConfigDict,
+                                  steps_per_epoch: int,
+                                  total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0, then cosine to 0 or /``lr_decay_factor`` steps.
+
+    Step boundaries are given in epochs (``config.lr_decay_epochs``), as in
+    the paper ("divided by 10 at epochs 150 and 225").
+    """
+    peak = scaled_learning_rate(config)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, total_steps)
+    if config.lr_schedule == "cosine":
+        decay = optax.cosine_decay_schedule(
+            peak, decay_steps=max(total_steps - warmup, 1))
+    elif config.lr_schedule == "step":
+        # Boundaries count from the start of training, warmup included.
+        boundaries = {
+            int(round(epoch * steps_per_epoch)) - warmup:
+                config.lr_decay_factor
+            for epoch in config.lr_decay_epochs}
+        decay = optax.piecewise_constant_schedule(peak, boundaries)
+    else:
+        raise ValueError(f"config.lr_schedule (={config.lr_schedule!r}) must "
+                         "be 'cosine' or 'step'.")
+    if warmup == 0:
+        return decay
+    ramp = optax.linear_schedule(0.0, peak, warmup)
+    return optax.join_schedules([ramp, decay], [warmup])
+
+
+def weight_decay_mask(params: Any, decay_bn: bool = False,
+                      decay_bias: bool = False) -> Any:
+    """A tree of bools like ``params``: True where weight decay applies.
+
+    BatchNorm parameters live in modules named ``bn*`` or ``downsample/bn``;
+    other biases are leaves named ``bias`` (the classifier's).
+    """
+    def decays(path, _):
+        names = [getattr(key, "key", str(key)) for key in path]
+        if any(str(name).startswith("bn") for name in names[:-1]):
+            return decay_bn
+        if names[-1] == "bias":
+            return decay_bias
+        return True
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     schedule: optax.Schedule
+                     ) -> optax.GradientTransformation:
+    """SGD with (Nesterov) momentum; decoupled-from-loss L2 weight decay.
+
+    The decay is added to the gradient before momentum, as in PyTorch's SGD
+    and the paper's Torch code, and only where the mask says so.
+    """
+    mask = lambda params: weight_decay_mask(  # noqa: E731
+        params, config.weight_decay_bn, config.weight_decay_bias)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=mask),
+        optax.sgd(schedule, momentum=config.momentum or None,
+                  nesterov=config.nesterov and bool(config.momentum)),
+    )

@@ -1,0 +1,329 @@
+"""tf.data pipelines: TFDS data sets (CIFAR, ImageNet, Imagenette) and image
+folders, with the standard augmentations.
+
+Augmentation randomness is stateless, seeded by ``(seed, epoch, host)`` and
+the example's index in the epoch, and the shuffle is seeded per epoch; so
+the batches of any step can be rebuilt exactly, which is how a restarted run
+resumes its data position (``train_batches(start_step)``).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from train.config_validation import dataset_family
+from train.data import (Batch, DataSource, local_batch_size, num_eval_steps,
+                        padded_eval_batches, seed_for)
+
+# TensorFlow only feeds data here; keep it off any accelerator.
+tf.config.set_visible_devices([], "GPU")
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_FRACTION = 0.875  # 224 / 256.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing (per example, float32 output, normalized).
+
+def _decode(image: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes (JPEG/PNG) or uint8 pixels -> uint8 HWC, 3 channels."""
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+    elif image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    return image
+
+
+def _normalize(image, mean, std):
+    image = tf.cast(image, tf.float32) / 255.0
+    return (image - tf.constant(mean)) / tf.constant(std)
+
+
+def cifar_train(image, seed, size, mean, std):
+    """Pad 4 (scaled to ``size``), random ``size`` crop, random flip."""
+    image = _decode(image)
+    image = tf.cast(image, tf.float32)
+    if image.shape[0] != size or image.shape[1] != size:
+        image = tf.image.resize(image, [size, size], antialias=True)
+    pad = max(1, round(4 * size / 32))
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(image, [size, size, 3], crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return _normalize(image, mean, std)
+
+
+def cifar_eval(image, size, mean, std):
+    image = tf.cast(_decode(image), tf.float32)
+    if image.shape[0] != size or image.shape[1] != size:
+        image = tf.image.resize(image, [size, size], antialias=True)
+    return _normalize(image, mean, std)
+
+
+def inception_train(image, seed, size, mean, std):
+    """Random-resized crop (area 8-100%, aspect 3/4-4/3), resize, flip."""
+    image = _decode(image)
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed,
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop)
+    image = tf.image.resize(image, [size, size], method="bicubic")
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return _normalize(image, mean, std)
+
+
+def inception_eval(image, size, mean, std):
+    """Resize the short side to size/0.875 (256 for 224), center crop."""
+    image = _decode(image)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    resize = round(size / EVAL_CROP_FRACTION)
+    scale = resize / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+    image = tf.image.resize(image, new_shape, method="bicubic")
+    top = (new_shape[0] - size) // 2
+    left = (new_shape[1] - size) // 2
+    image = image[top:top + size, left:left + size]
+    image.set_shape([size, size, 3])
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return _normalize(image, mean, std)
+
+
+def resolve_preprocess(config) -> str:
+    if config.preprocess != "auto":
+        return config.preprocess
+    return "cifar" if dataset_family(config.dataset) in (
+        "cifar10", "cifar100") else "imagenet"
+
+
+# ---------------------------------------------------------------------------
+# Sources: host-sharded datasets of {"image", "label"} plus class names.
+
+def missing_data_message(name: str, data_dir: str, manual_dir: str) -> str:
+    where = data_dir or os.environ.get(
+        "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+    if dataset_family(name) == "imagenet2012":
+        manual = manual_dir or os.path.join(where, "downloads", "manual")
+        how = (
+            "ImageNet cannot be downloaded automatically: download "
+            "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+            f"https://image-net.org into {manual} (--config.manual_dir), then "
+            "run once with --config.download=True so that TFDS prepares it.")
+    else:
+        how = (f"On a machine with network access run "
+               f"`tfds build {name} --data_dir={where}` (or train once with "
+               "--config.download=True), then copy that directory here.")
+    return (f"TFDS data set {name!r} was not found in {where} "
+            f"(--config.data_dir) and config.download is False. {how}")
+
+
+def _tfds_builder(config):
+    data_dir = config.data_dir or None
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+    if config.download:
+        download_config = tfds.download.DownloadConfig(
+            manual_dir=config.manual_dir or None)
+        try:
+            builder.download_and_prepare(download_config=download_config)
+        except Exception as error:  # Network, manual files: add guidance.
+            raise RuntimeError(
+                f"preparing {config.dataset!r} failed: {error}\n"
+                + missing_data_message(config.dataset, config.data_dir,
+                                       config.manual_dir)) from error
+    return builder
+
+
+def _tfds_split(builder, config, split, process_index, process_count,
+                drop_remainder):
+    """One host's part of a TFDS split (images left encoded when they are)."""
+    host_split = tfds.even_splits(split, n=process_count,
+                                  drop_remainder=drop_remainder)[process_index]
+    decoders = None
+    if dataset_family(config.dataset) not in ("cifar10", "cifar100"):
+        decoders = {"image": tfds.decode.SkipDecoding()}  # Decode after crop.
+    try:
+        full = builder.as_dataset(split=split, decoders=decoders)
+        host = builder.as_dataset(split=host_split, decoders=decoders,
+                                  shuffle_files=False)
+    except AssertionError as error:  # TFDS's "could not find data".
+        raise FileNotFoundError(missing_data_message(
+            config.dataset, config.data_dir, config.manual_dir)) from error
+    total = int(full.cardinality())
+    host = host.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    return host, total
+
+
+def _folder_files(root: pathlib.Path):
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                files.append(str(path))
+                labels.append(label)
+    return classes, files, labels
+
+
+def _folder_splits(config):
+    """(class names, train files/labels, eval files/labels) of a folder.
+
+    ``root/train`` + ``root/val`` (or ``validation``, ``test``) are used as
+    given; otherwise each class is split by ``config.folder_eval_fraction``
+    with a fixed permutation.
+    """
+    root = pathlib.Path(config.data_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"config.data_dir (={config.data_dir!r}) is not a directory; "
+            "give a folder with one subfolder of JPEG/PNG images per class.")
+    eval_dirs = [root / n for n in ("val", "validation", "test")
+                 if (root / n).is_dir()]
+    if (root / "train").is_dir() and eval_dirs:
+        classes, train_f, train_l = _folder_files(root / "train")
+        eval_classes, eval_f, eval_l = _folder_files(eval_dirs[0])
+        if eval_classes != classes:
+            raise ValueError(
+                f"{eval_dirs[0]} has classes {eval_classes}, but "
+                f"{root / 'train'} has {classes}: they must match.")
+    else:
+        classes, files, labels = _folder_files(root)
+        train_f, train_l, eval_f, eval_l = [], [], [], []
+        rng = np.random.default_rng(0)  # The split never depends on seed.
+        for label in range(len(classes)):
+            mine = [f for f, l in zip(files, labels) if l == label]
+            order = rng.permutation(len(mine))
+            n_eval = max(1, int(round(len(mine) * config.folder_eval_fraction)))
+            for rank, i in enumerate(order):
+                target = (eval_f, eval_l) if rank < n_eval else (train_f,
+                                                                 train_l)
+                target[0].append(mine[i])
+                target[1].append(label)
+    if len(classes) < 2:
+        raise ValueError(
+            f"config.data_dir (={config.data_dir!r}) holds {len(classes)} "
+            "class folder(s); an image folder needs one subfolder per class, "
+            "at least two.")
+    if not train_f or not eval_f:
+        raise ValueError(f"config.data_dir (={config.data_dir!r}) has no "
+                         f"{'training' if not train_f else 'eval'} images "
+                         f"with extensions {IMAGE_EXTENSIONS}.")
+    return classes, (train_f, train_l), (eval_f, eval_l)
+
+
+def _files_dataset(files, labels, process_index, process_count,
+                   drop_remainder):
+    n = len(files)
+    if drop_remainder:  # Equal shards, so hosts step in lockstep.
+        n -= n % process_count
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"path": files[:n], "label": np.asarray(labels[:n], np.int64)})
+    ds = ds.shard(process_count, process_index)
+    ds = ds.map(lambda ex: {"image": tf.io.read_file(ex["path"]),
+                            "label": ex["label"]})
+    return ds, len(files)
+
+
+# ---------------------------------------------------------------------------
+
+def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
+                     process_count: int) -> DataSource:
+    """A :class:`DataSource` over TFDS or an image folder."""
+    family = dataset_family(config.dataset)
+    if family == "folder":
+        class_names, train, evaluation = _folder_splits(config)
+        train_ds, n_train = _files_dataset(*train, process_index,
+                                           process_count, True)
+        eval_ds, n_eval = _files_dataset(*evaluation, process_index,
+                                         process_count, False)
+    else:
+        builder = _tfds_builder(config)
+        class_names = list(builder.info.features["label"].names)
+        train_ds, n_train = _tfds_split(builder, config, config.train_split,
+                                        process_index, process_count, True)
+        eval_ds, n_eval = _tfds_split(builder, config, config.eval_split,
+                                      process_index, process_count, False)
+        if family in ("cifar10", "cifar100"):
+            train_ds = train_ds.cache()  # 50,000 small images: keep decoded.
+            eval_ds = eval_ds.cache()
+
+    kind = resolve_preprocess(config)
+    if kind == "digits":
+        raise ValueError("config.preprocess (='digits') only applies to "
+                         "config.dataset='digits'.")
+    mean, std = ((CIFAR_MEAN, CIFAR_STD) if kind == "cifar"
+                 else (IMAGENET_MEAN, IMAGENET_STD))
+    size = config.image_size
+    train_fn = cifar_train if kind == "cifar" else inception_train
+    eval_fn = cifar_eval if kind == "cifar" else inception_eval
+
+    local = local_batch_size(config.batch_size, process_count, "batch_size")
+    host_examples = n_train // process_count
+    steps_per_epoch = host_examples // local
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"config.batch_size (={config.batch_size}) is larger than the "
+            f"{n_train} training examples of {config.dataset!r}.")
+
+    def epoch_batches(epoch: int, skip: int) -> tf.data.Dataset:
+        epoch_seed = seed_for(config.seed, epoch, process_index)
+        ds = train_ds.shuffle(min(config.shuffle_buffer_size, host_examples),
+                              seed=epoch_seed, reshuffle_each_iteration=False)
+        ds = ds.enumerate().skip(skip * local)  # Skip before decoding.
+
+        def preprocess(index, ex):
+            seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+            if config.augment:
+                image = train_fn(ex["image"], seed, size, mean, std)
+            else:
+                image = eval_fn(ex["image"], size, mean, std)
+            return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+        ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE,
+                    deterministic=True)
+        ds = ds.batch(local, drop_remainder=True).take(steps_per_epoch - skip)
+        return ds.prefetch(AUTOTUNE)
+
+    def train_batches(start_step: int) -> Iterator[Batch]:
+        epoch, skip = divmod(start_step, steps_per_epoch)
+        while True:
+            yield from epoch_batches(epoch, skip).as_numpy_iterator()
+            epoch, skip = epoch + 1, 0
+
+    local_eval = local_batch_size(config.eval_batch_size, process_count,
+                                  "eval_batch_size")
+    n_eval_steps = num_eval_steps(n_eval, config.eval_batch_size,
+                                  process_count)
+
+    def eval_batches() -> Iterator[Batch]:
+        ds = eval_ds.map(
+            lambda ex: {"image": eval_fn(ex["image"], size, mean, std),
+                        "label": tf.cast(ex["label"], tf.int32)},
+            num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(local_eval).prefetch(AUTOTUNE)
+        return padded_eval_batches(ds.as_numpy_iterator(), local_eval,
+                                   n_eval_steps)
+
+    return DataSource(
+        name=config.dataset, class_names=class_names, image_size=size,
+        mean=tuple(mean), std=tuple(std), num_train_examples=n_train,
+        num_eval_examples=n_eval, steps_per_epoch=steps_per_epoch,
+        num_eval_steps=n_eval_steps, train_batches=train_batches,
+        eval_batches=eval_batches)
