@@ -8,8 +8,8 @@ Run:
   python -m train                      # workdir: ./workdir/default
   python -m train --config configs/default.py --workdir /tmp/digits
 
-Result: about 98-99% test accuracy on the 360 held-out digits in 1-2 minutes
-on a 2-core CPU (the bar is 97%).
+Result: about 98% test accuracy on the 360 held-out digits (97.8% measured)
+in under a minute on a 2-core CPU.
 """
 
 from configs.base import get_base_config
