@@ -30,6 +30,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.augment = True
     config.shuffle_buffer_size = 10_000
     config.folder_eval_fraction = 0.2  # folder without train/ and val/.
+    # Image folder files that do not decode to an image: "skip" (reported
+    # with their paths) or "fail" (stop before training).
+    config.bad_images = "skip"
 
     # Optimization. Learning rate = base_learning_rate * batch_size /
     # base_batch_size (linear scaling, Goyal et al. 2017).
@@ -58,4 +61,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
     config.progress_bar = True
+
+    # Fault tolerance. A step with a non-finite loss or gradient leaves the
+    # state unchanged; this many in a row stop the run.
+    config.max_consecutive_nonfinite = 10
+    # Resume a workdir whose saved model, data set or image size differ.
+    config.allow_config_change = False
+    # Steps whose batch is replaced by NaNs: exercises the guard above.
+    config.inject_nonfinite_steps = ()
+
+    # Multi-host (jax.distributed). Empty/-1 read JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES, JAX_PROCESS_ID; multihost=True with none of them
+    # lets JAX detect the cluster (TPU pod, SLURM, Open MPI).
+    config.multihost = False
+    config.coordinator_address = ""
+    config.num_processes = -1
+    config.process_id = -1
     return config

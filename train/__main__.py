@@ -2,9 +2,15 @@
 
 With no arguments, trains ``configs/default.py`` in ``./workdir/default``.
 Any config field can be overridden: ``--config.batch_size=64``.
+
+Exit status: 0 when the run completes or stops at ``num_train_steps``; 143
+after SIGTERM (preemption), with a checkpoint saved: run the same command to
+resume; 1 with a one-line error for too many non-finite steps, a workdir of
+another model/data set, or a workdir with no readable checkpoint.
 """
 
 import pathlib
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -28,12 +34,23 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         # Orbax and TFDS log every file operation at INFO.
         logging.set_verbosity(logging.WARNING)
-    from train.loop import train_and_evaluate  # After flags: faster --help.
+    # After flags: faster --help.
+    from train.checkpoint import CheckpointError
+    from train.loop import train_and_evaluate
+    from train.nonfinite import NonFiniteError
+    from train.preemption import EXIT_PREEMPTED
+    from train.workdir_compat import ConfigMismatchError
 
     config_file = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or str(
         pathlib.Path("workdir") / pathlib.Path(config_file).stem)
-    train_and_evaluate(_CONFIG.value, workdir)
+    try:
+        summary = train_and_evaluate(_CONFIG.value, workdir)
+    except (NonFiniteError, ConfigMismatchError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if summary["preempted"]:
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -6,29 +6,45 @@ Layout of ``<workdir>``::
   dataset.json         class names, image size, normalization
   checkpoints/<step>/  latest train states (orbax), with metadata
   best/<step>/         the state with the best eval accuracy so far
+  checksums/           SHA-256 of each checkpoint's files
+  damaged/             checkpoints found damaged on resume, set aside
 
 A checkpoint holds the whole :class:`~train.steps.TrainState` (params, BN
 statistics, optimizer state, step, rng) and JSON metadata; the input
 pipeline position is the step (see :mod:`train.data`).
+
+A damaged latest checkpoint (files that fail their checksums, see
+:mod:`train.checkpoint_integrity`, or that orbax cannot read) is moved to
+``damaged/`` with a warning and the previous one is restored; if none is
+readable the run stops rather than start over.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import time
 from typing import Any
 
 import flax
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
+from train import checkpoint_integrity as integrity
 from train.steps import TrainState
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
+DAMAGED_DIR = "damaged"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a workdir that has some could be restored."""
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int
@@ -45,14 +61,15 @@ class Checkpointer:
     """The latest ``keep`` states and the best one of a workdir."""
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
-        workdir = pathlib.Path(workdir)
-        self.latest = _manager(workdir / LATEST_DIR, keep)
-        self.best = _manager(workdir / BEST_DIR, 1)
+        self.workdir = pathlib.Path(workdir)
+        self.latest = _manager(self.workdir / LATEST_DIR, keep)
+        self.best = _manager(self.workdir / BEST_DIR, 1)
 
     def save(self, state: TrainState, metadata: dict,
              best: bool = False) -> None:
         """Saves ``state`` under its step (to ``best/`` if ``best``)."""
         manager = self.best if best else self.latest
+        kind = BEST_DIR if best else LATEST_DIR
         step = int(jax.device_get(state.step))
         if step in manager.all_steps():
             return
@@ -61,24 +78,79 @@ class Checkpointer:
                 state)),
             metadata=ocp.args.JsonSave(dict(metadata, step=step))))
         manager.wait_until_finished()
+        if jax.process_index() == 0:
+            integrity.write_manifest(self.workdir, kind, step,
+                                     self._step_dir(kind, step))
+            integrity.prune(self.workdir, kind, manager.all_steps())
+
+    def _step_dir(self, kind: str, step: int) -> pathlib.Path:
+        return (self.workdir / kind / str(step)).absolute()
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def restore_latest(self, template: TrainState
                        ) -> tuple[TrainState, dict] | None:
-        """The latest state, placed like ``template``; None if there is none."""
-        step = self.latest.latest_step()
-        if step is None:
+        """The newest intact state, placed like ``template``; None if the
+        workdir has no checkpoint. Damaged ones are set aside with a warning;
+        :class:`CheckpointError` if all of them are damaged."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                 flax.serialization.to_state_dict(template))
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            metadata=ocp.args.JsonRestore()))
-        state = flax.serialization.from_state_dict(template,
-                                                   restored["state"])
-        return state, dict(restored["metadata"])
+        problems = []
+        for step in steps:
+            problem = integrity.verify(self.workdir, LATEST_DIR, step,
+                                       self._step_dir(LATEST_DIR, step))
+            if problem is None:
+                try:
+                    restored = self.latest.restore(
+                        step, args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract),
+                            metadata=ocp.args.JsonRestore()))
+                except Exception as e:
+                    if integrity.has_manifest(self.workdir, LATEST_DIR, step):
+                        # Intact files that do not fit: another model, not
+                        # damage (see config.allow_config_change).
+                        raise CheckpointError(
+                            f"checkpoint {self._step_dir(LATEST_DIR, step)} "
+                            "is intact but does not fit the current model "
+                            f"and optimizer: {e}") from e
+                    # No checksums to tell: an unreadable file is damage.
+                    problem = f"{type(e).__name__}: {str(e)[:300]}"
+            if problem is None:
+                if problems:
+                    self.latest.reload()
+                state = flax.serialization.from_state_dict(
+                    template, restored["state"])
+                return state, dict(restored["metadata"])
+            problems.append(f"step {step}: {problem}")
+            self._set_aside(step, problem)
+        raise CheckpointError(
+            f"every checkpoint in {self.workdir / LATEST_DIR} is damaged "
+            f"({'; '.join(problems)}); they were moved to "
+            f"{self.workdir / DAMAGED_DIR}. Not starting from scratch: "
+            "use a new --workdir for that.")
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Moves a damaged step out of orbax's sight (so the step can be
+        saved again) and keeps it for inspection."""
+        target = (self.workdir / DAMAGED_DIR /
+                  f"{LATEST_DIR}-{step}-{int(time.time())}")
+        message = (f"checkpoint {self._step_dir(LATEST_DIR, step)} is "
+                   f"damaged ({problem}); moved to {target}, falling back to "
+                   "the previous checkpoint.")
+        logging.warning(message)
+        print(f"WARNING: {message}", flush=True)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self._step_dir(LATEST_DIR, step)), str(target))
+            integrity.manifest_path(self.workdir, LATEST_DIR, step).unlink(
+                missing_ok=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"set_aside_{step}")
 
     def close(self) -> None:
         self.latest.close()
@@ -109,6 +181,17 @@ def load_dataset_info(workdir: str | pathlib.Path) -> dict:
     return json.loads((pathlib.Path(workdir) / DATASET_FILE).read_text())
 
 
+def _local_target(state_dir: pathlib.Path):
+    """Shapes and dtypes of a saved state, placed on this host's first
+    device: a checkpoint saved by many devices or hosts loads anywhere."""
+    with ocp.StandardCheckpointer() as reader:
+        saved = reader.metadata(state_dir.absolute()).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        saved.tree)
+
+
 def restore_for_inference(workdir: str | pathlib.Path, which: str = "best"
                           ) -> tuple[Any, dict, list[str]]:
     """``(model, variables, class_names)`` of a training workdir.
@@ -137,7 +220,8 @@ def restore_for_inference(workdir: str | pathlib.Path, which: str = "best"
         if step is None:
             continue
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
+            state=ocp.args.StandardRestore(_local_target(
+                workdir / sub / str(step) / "state"))))
         state = restored["state"]
         variables = {"params": state["params"],
                      "batch_stats": state.get("batch_stats", {})}

@@ -13,6 +13,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "imagenette",
 PREPROCESS = ("auto", "digits", "cifar", "imagenet")
 SCHEDULES = ("cosine", "step")
 DTYPES = ("float32", "bfloat16")
+BAD_IMAGES = ("skip", "fail")
 
 
 def dataset_family(name: str) -> str:
@@ -51,11 +52,13 @@ def _choice(config, field, choices):
 
 
 def validate_config(config: ml_collections.ConfigDict,
-                    num_devices: int | None = None) -> None:
+                    num_devices: int | None = None,
+                    num_processes: int = 1) -> None:
     """Raises ``ValueError`` naming the first bad field of ``config``.
 
     With ``num_devices`` also checks that the batches split evenly over the
-    devices (and over the gradient-accumulation micro-batches).
+    devices (and over the gradient-accumulation micro-batches), and with
+    ``num_processes`` over the processes (hosts).
     """
     if config.model != "custom" and config.model not in (
             resnext_jax.list_models()):
@@ -76,6 +79,7 @@ def validate_config(config: ml_collections.ConfigDict,
     _choice(config, "preprocess", PREPROCESS)
     _positive_int(config, "image_size")
     _positive_int(config, "shuffle_buffer_size")
+    _choice(config, "bad_images", BAD_IMAGES)
     _number(config, "folder_eval_fraction", 0, 1, low_open=True,
             high_open=True)
 
@@ -107,6 +111,12 @@ def validate_config(config: ml_collections.ConfigDict,
     _number(config, "momentum", 0, 1, high_open=True)
     _number(config, "weight_decay", 0)
     _number(config, "label_smoothing", 0, 1, high_open=True)
+    _positive_int(config, "max_consecutive_nonfinite")
+    for step in config.inject_nonfinite_steps:
+        if not _is_int(step) or step < 1:
+            _fail("inject_nonfinite_steps",
+                  tuple(config.inject_nonfinite_steps),
+                  "must hold positive step numbers.")
     _number(config, "seed", 0)
     if not _is_int(config.seed):
         _fail("seed", config.seed, "must be a non-negative integer.")
@@ -126,3 +136,20 @@ def validate_config(config: ml_collections.ConfigDict,
             _fail("eval_batch_size", config.eval_batch_size,
                   f"must be divisible by the number of devices "
                   f"({num_devices}).")
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % num_processes:
+            _fail(field, config[field], f"must be divisible by the number of "
+                  f"processes ({num_processes}).")
+
+
+def validate_data(config: ml_collections.ConfigDict, source) -> None:
+    """Checks of ``config`` against the loaded data set (before compiling)."""
+    if config.eval_batch_size > source.num_eval_examples:
+        _fail("eval_batch_size", config.eval_batch_size,
+              f"must not exceed the {source.num_eval_examples} examples of "
+              f"the eval split of {source.name!r}.")
+    if config.batch_size > source.num_train_examples:
+        _fail("batch_size", config.batch_size,
+              f"must not exceed the {source.num_train_examples} examples of "
+              f"the train split of {source.name!r}.")
+

@@ -152,6 +152,7 @@ def _digits_source(config, process_index, process_count) -> DataSource:
         raise ValueError(f"config.batch_size (={global_batch}) is larger than "
                          f"the {len(y_train)} digits training images.")
     shift = max(1, size // 8)  # One source pixel.
+    fill = float(train_images.min())  # The background, on every host.
 
     def train_batches(start_step: int) -> Iterator[Batch]:
         step = start_step
@@ -163,9 +164,13 @@ def _digits_source(config, process_index, process_count) -> DataSource:
             rows = rows[process_index * local:(process_index + 1) * local]
             images = train_images[rows]
             if config.augment:
-                rng = np.random.default_rng(
-                    seed_for(config.seed, step, process_index))
-                images = random_shift(images, shift, rng)
+                # Offsets drawn for the global batch, then sliced: any
+                # number of processes sees the same augmented global batch.
+                rng = np.random.default_rng(seed_for(config.seed, step))
+                offsets = rng.integers(0, 2 * shift + 1, (2, global_batch))
+                mine = offsets[:, process_index * local:
+                               (process_index + 1) * local]
+                images = random_shift(images, shift, *mine, fill=fill)
             yield {"image": images, "label": y_train[rows]}
             step += 1
 
@@ -191,14 +196,13 @@ def _digits_source(config, process_index, process_count) -> DataSource:
         train_batches=train_batches, eval_batches=eval_batches)
 
 
-def random_shift(images: np.ndarray, shift: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Translates each image by up to ``shift`` pixels (zero padding)."""
+def random_shift(images: np.ndarray, shift: int, dy: np.ndarray,
+                 dx: np.ndarray, fill: float) -> np.ndarray:
+    """Translates image ``i`` by ``(dy[i] - shift, dx[i] - shift)`` pixels,
+    ``dy, dx`` in ``[0, 2 * shift]``, padding with ``fill``."""
     n, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)),
-                    constant_values=images.min())
-    dy = rng.integers(0, 2 * shift + 1, n)
-    dx = rng.integers(0, 2 * shift + 1, n)
+                    constant_values=fill)
     return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
                      for i in range(n)])
 
@@ -217,6 +221,17 @@ def create_data_source(config: ml_collections.ConfigDict,
         return _digits_source(config, process_index, process_count)
     from train import tf_data  # TensorFlow is imported only when needed.
     return tf_data.create_tf_source(config, process_index, process_count)
+
+
+def inject_nonfinite(batches: Iterator[Batch], start_step: int,
+                     bad_steps) -> Iterator[Batch]:
+    """Replaces the images of the batches of steps ``bad_steps`` (1-based,
+    as logged) with NaNs: how tests exercise the non-finite guard."""
+    bad_steps = set(int(s) for s in bad_steps)
+    for step, batch in enumerate(batches, start_step + 1):
+        if step in bad_steps:
+            batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        yield batch
 
 
 def to_global_batch(batch: Batch, mesh) -> dict[str, jax.Array]:

@@ -14,8 +14,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from train import checkpoint, data as data_lib, optim, steps
-from train.config_validation import validate_config
+from train import (checkpoint, data as data_lib, distributed, optim, steps,
+                   workdir_compat)
+from train.config_validation import validate_config, validate_data
+from train.nonfinite import NonFiniteGuard
+from train.preemption import PreemptionWatcher
 from train.metrics_io import MetricWriter
 from train.model_factory import build_model
 
@@ -43,9 +46,14 @@ def evaluate(eval_step, state, source: data_lib.DataSource, mesh) -> dict:
             "num_examples": count}
 
 
-def _mean_metrics(pending: list[dict]) -> dict:
-    host = jax.device_get(pending)
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+def _mean_metrics(host: list[dict]) -> dict:
+    """Means over the steps whose update was applied (all of them if none
+    was), and the count of skipped steps."""
+    good = [m for m in host if not m["nonfinite"]] or host
+    out = {k: float(np.mean([m[k] for m in good])) for k in host[0]
+           if k != "nonfinite"}
+    out["nonfinite_steps"] = float(sum(m["nonfinite"] for m in host))
+    return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -56,15 +64,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     ``stop_at_step`` ends this run early at that step, with a checkpoint,
     as a preempted run would (the schedule still spans the full run).
+    SIGTERM does the same at the next step, with ``summary["preempted"]``.
     ``<workdir>/summary.json`` is written when the run completes.
     """
+    with PreemptionWatcher() as preemption:
+        return _train_and_evaluate(config, workdir, stop_at_step, preemption)
+
+
+def _train_and_evaluate(config, workdir, stop_at_step, preemption) -> dict:
     wall_start = time.time()
     workdir = pathlib.Path(workdir)
+    distributed.initialize(config)
     mesh = steps.make_mesh()
-    validate_config(config, num_devices=mesh.size)
+    validate_config(config, num_devices=mesh.size,
+                    num_processes=jax.process_count())
     is_writer = jax.process_index() == 0
 
     source = data_lib.create_data_source(config)
+    validate_data(config, source)
+    workdir_compat.check(workdir, config, source.num_classes)
     steps_per_epoch = source.steps_per_epoch
     total_steps = total_train_steps(config, steps_per_epoch)
     eval_every = (config.eval_every_steps if config.eval_every_steps > 0
@@ -112,24 +130,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     train_seconds, timed_images = 0.0, 0
     eval_metrics = None
-    batches = data_lib.prefetch_to_mesh(source.train_batches(start_step),
-                                        mesh)
+    host_batches = data_lib.inject_nonfinite(
+        source.train_batches(start_step), start_step,
+        config.inject_nonfinite_steps)
+    batches = data_lib.prefetch_to_mesh(host_batches, mesh)
+    guard = NonFiniteGuard(config.max_consecutive_nonfinite)
+    preempted = False
     bar = tqdm(total=total_steps, initial=start_step, unit="step",
                disable=not (config.progress_bar and is_writer),
                dynamic_ncols=True, desc="train")
     pending, mark, mark_step = [], None, start_step
+    flags, flags_from = [], start_step + 1  # Non-finite flags, unchecked.
     for step in range(start_step, end_step):
         state, metrics = train_step(state, next(batches))
         pending.append(metrics)
+        flags.append(metrics["nonfinite"])
         done = step + 1
         if mark is None:  # The first step compiles: keep it out of img/s.
             jax.block_until_ready(state.step)
             mark, mark_step, pending = time.time(), done, []
         do_eval = done % eval_every == 0 or done == total_steps
         do_save = done % config.checkpoint_every_steps == 0 or done == end_step
-        if pending and (done % config.log_every_steps == 0 or do_eval
-                        or do_save):
-            logged = _mean_metrics(pending)  # Waits for the step to finish.
+        do_log = done % config.log_every_steps == 0 or do_eval or do_save
+        if do_log:
+            # Before any save: a run that must stop keeps its last good
+            # checkpoint as it was.
+            guard.update(flags_from, [float(f) for f in
+                                      jax.device_get(flags)])
+            flags, flags_from = [], done + 1
+            if not preempted and preemption.requested():
+                preempted, do_save = True, True
+                print(f"Preempted (SIGTERM): saving a checkpoint at step "
+                      f"{done} and exiting; run the same command to resume.",
+                      flush=True)
+        if pending and do_log:
+            logged = _mean_metrics(jax.device_get(pending))
             now = time.time()
             images = (done - mark_step) * config.batch_size
             train_seconds += now - mark
@@ -158,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             checkpoints.save(state, metadata())
         if do_eval or do_save:
             mark = time.time()  # Eval and saving are not training time.
+        if preempted:
+            break
     bar.close()
 
     final_step = int(jax.device_get(state.step))
@@ -169,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpoints.close()
     summary = {
         "completed": completed,
+        "preempted": preempted,
+        "nonfinite_steps": guard.total,
         "steps": final_step,
         "total_steps": total_steps,
         "epochs": final_step / steps_per_epoch,

@@ -131,12 +131,26 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         metrics = pmean({"loss": loss, "accuracy": accuracy})
         metrics["learning_rate"] = jnp.asarray(schedule(state.step),
                                                jnp.float32)
-        new_state = state.replace(step=state.step + 1, params=params,
-                                  batch_stats=batch_stats,
-                                  opt_state=opt_state)
+        # After the pmean every device sees the same loss and gradient, so
+        # all of them take the same decision.
+        finite = all_finite((metrics["loss"], grads))
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        updated = state.replace(step=state.step + 1, params=params,
+                                batch_stats=batch_stats, opt_state=opt_state)
+        # A bad step moves on to the next batch (retrying it would fail the
+        # same way) but keeps params, BN statistics and optimizer state.
+        skipped = state.replace(step=state.step + 1)
+        new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b),
+                                 updated, skipped)
         return new_state, metrics
 
     return train_step
+
+
+def all_finite(tree) -> jax.Array:
+    """Scalar bool: every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                              for x in jax.tree.leaves(tree)]))
 
 
 def make_eval_step(model: nn.Module,

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from train.config_validation import dataset_family
 from train.data import (Batch, DataSource, local_batch_size, num_eval_steps,
                         padded_eval_batches, seed_for)
+from train.image_check import filter_images
 
 # TensorFlow only feeds data here; keep it off any accelerator.
 tf.config.set_visible_devices([], "GPU")
@@ -216,6 +217,8 @@ def _folder_splits(config):
                                                                  train_l)
                 target[0].append(mine[i])
                 target[1].append(label)
+    train_f, train_l = filter_images(train_f, train_l, config.bad_images)
+    eval_f, eval_l = filter_images(eval_f, eval_l, config.bad_images)
     if len(classes) < 2:
         raise ValueError(
             f"config.data_dir (={config.data_dir!r}) holds {len(classes)} "

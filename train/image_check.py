@@ -1,0 +1,59 @@
+"""Finding image-folder files that would break the input pipeline.
+
+Every file is decoded once with Pillow before training, so that a corrupt,
+truncated or degenerate image is reported with its path up front instead of
+stopping tf.data mid-epoch.
+"""
+
+from __future__ import annotations
+
+from absl import logging
+
+
+class BadImageError(ValueError):
+    """An image folder holds files that are not usable images."""
+
+
+def problem(path: str) -> str | None:
+    """Why ``path`` is not a usable image, or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # Decodes every pixel: catches truncated files.
+            width, height = image.size
+            frames = getattr(image, "n_frames", 1)
+            bands = len(image.getbands())
+    except Exception as e:  # Pillow raises many types for bad files.
+        return f"cannot be decoded ({type(e).__name__}: {e})"
+    if width < 1 or height < 1:
+        return f"has shape {height}x{width}"
+    if frames != 1:
+        return f"has {frames} frames, not one"
+    if bands not in (1, 2, 3, 4):
+        return f"has {bands} channels"
+    return None
+
+
+def filter_images(files: list[str], labels: list[int], policy: str
+                  ) -> tuple[list[str], list[int]]:
+    """``files`` and ``labels`` without the bad images.
+
+    ``policy="skip"`` reports each bad file and drops it; ``"fail"`` raises
+    :class:`BadImageError` listing them.
+    """
+    bad = [(f, why) for f in files if (why := problem(f)) is not None]
+    if not bad:
+        return files, labels
+    lines = [f"  {path}: {why}" for path, why in bad]
+    if policy == "fail":
+        raise BadImageError(
+            f"{len(bad)} unusable image(s) (config.bad_images='fail'):\n"
+            + "\n".join(lines))
+    message = (f"skipping {len(bad)} unusable image(s) "
+               "(config.bad_images='skip'):\n" + "\n".join(lines))
+    logging.warning(message)
+    print(f"WARNING: {message}", flush=True)
+    dropped = {path for path, _ in bad}
+    kept = [(f, l) for f, l in zip(files, labels) if f not in dropped]
+    return [f for f, _ in kept], [l for _, l in kept]

@@ -1,0 +1,53 @@
+"""SIGTERM (preemption) handling: finish the step, checkpoint, exit.
+
+Cloud schedulers and TPU/GPU cluster managers send SIGTERM some seconds
+before they kill a preempted host. The handler only sets a flag; the loop
+checks it between steps, saves a checkpoint and returns, and
+``python -m train`` then exits with :data:`EXIT_PREEMPTED`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+import numpy as np
+
+# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: job
+# schedulers treat it as "requeue", not as a failure of the program.
+EXIT_PREEMPTED = 143
+
+
+class PreemptionWatcher:
+    """Installs a SIGTERM handler for the duration of a ``with`` block."""
+
+    def __init__(self):
+        self._requested = False
+        self._previous = None
+
+    def __enter__(self) -> "PreemptionWatcher":
+        # Signal handlers can only be set from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self._requested = True
+
+    def requested(self) -> bool:
+        """True once any process got SIGTERM.
+
+        With several processes this is a collective (every process must
+        call it at the same step), so that all of them stop at one step.
+        """
+        if jax.process_count() == 1:
+            return self._requested
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(
+            np.asarray(self._requested, np.int32))
+        return bool(np.any(flags))
