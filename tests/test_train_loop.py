@@ -108,3 +108,12 @@ def test_cli_with_overrides(tmp_path):
     assert "done: test accuracy" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["batch_size"] == 16
+
+
+def test_rerunning_a_finished_workdir_keeps_its_summary(full_run):
+    workdir, summary = full_run
+    before = (workdir / "summary.json").read_text()
+    again = loop.train_and_evaluate(_config(), workdir)
+    assert (workdir / "summary.json").read_text() == before
+    assert again["test_accuracy"] == summary["test_accuracy"]
+    assert again["examples_per_second"] == summary["examples_per_second"]

@@ -105,6 +105,16 @@ def _train_and_evaluate(config, workdir, stop_at_step, preemption) -> dict:
         state, meta = restored
         best_accuracy = meta.get("best_eval_accuracy", -1.0)
     start_step = int(jax.device_get(state.step))
+    summary_file = workdir / SUMMARY_FILE
+    if start_step >= total_steps and summary_file.exists():
+        # A finished run: report its summary instead of re-evaluating and
+        # overwriting its figures (throughput, wall time) with a no-op run's.
+        summary = json.loads(summary_file.read_text())
+        summary.setdefault("preempted", False)
+        if is_writer:
+            print(f"Already finished at step {start_step}.")
+            print(summary_line(summary))
+        return summary
     if is_writer:
         checkpoint.save_run_files(workdir, config, source.info())
         if restored is not None:
