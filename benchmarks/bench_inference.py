@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 import resnext_jax as rx
+from resnext_jax import export as rx_export
 from resnext_jax import serving
 from resnext_jax.convert import parse_model_kwargs
 
@@ -115,8 +116,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.rxexport")
         start = time.perf_counter()
-        rx.save_exported(path, model, variables, platforms=args.platforms,
-                         image_size=args.image_size)
+        rx_export.save_exported(path, model, variables, platforms=args.platforms,
+                                  image_size=args.image_size)
         export_s = time.perf_counter() - start
         file_mib = os.path.getsize(path) / 2**20
         start = time.perf_counter()

@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end (tiny settings; no timing checked)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script),
+                             *args], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_inference_writes_json(tmp_path):
+    out = tmp_path / "inference.json"
+    stdout = _run("bench_inference.py", "--model", "resnext50_32x4d",
+                  "--model-kwargs", '{"stage_sizes": [1, 1, 1, 1], '
+                  '"cardinality": 4, "base_width": 4, "num_classes": 7}',
+                  "--image-size", "32", "--batch-sizes", "1,2", "--runs", "1",
+                  "--json", str(out))
+    assert "img/s" in stdout
+    rows = json.loads(out.read_text())
+    assert rows  # one entry per batch size, whatever the layout
+
+
+def test_bench_throughput_writes_json(tmp_path):
+    out = tmp_path / "throughput.json"
+    stdout = _run("bench_throughput.py", "--model", "resnext29_32x4d",
+                  "--image-size", "16", "--batch-size", "2", "--impls", "auto", "--runs", "1",
+                  "--warmup", "1", "--json", str(out))
+    assert "train img/s" in stdout
+    data = json.loads(out.read_text())
+    assert data["results"][0]["resolved_impl"] == "dense"
+    assert data["results"][0]["train_img_s"] > 0
