@@ -216,10 +216,10 @@ def _concat_leaves(dicts: list[dict], axis: int) -> dict:
 
 
 def _split_leaves(tree: dict, n: int, axis: int) -> list[dict]:
-    def piece(i):
-        return jax.tree.map(
-            lambda x: jnp.split(x, n, axis=axis)[i], tree)
-    return [piece(i) for i in range(n)]
+    leaves, treedef = jax.tree.flatten(tree)
+    pieces = [jnp.split(x, n, axis=axis) for x in leaves]  # split each once
+    return [jax.tree.unflatten(treedef, [p[i] for p in pieces])
+            for i in range(n)]
 
 
 def _params_block_to_c(block: dict) -> dict:

@@ -99,7 +99,7 @@ def summarize(model: ResNeXt, image_size: int = 224) -> list[dict]:
         row = rows.setdefault(_stage_of(cost.path[0]), dict(
             params=0, macs=0, output_shape=None))
         row["macs"] += cost.macs
-        if cost.path[-1] != "downsample" and "downsample" not in cost.path:
+        if "downsample" not in cost.path:
             row["output_shape"] = cost.output_shape[1:]
     if model.stem == "imagenet" and rows["stem"]["output_shape"]:
         # The stem ends with a 3x3/2 max-pool (padding 1) after its conv.
