@@ -5,10 +5,10 @@ one ``kernel`` of shape ``(kh, kw, in_features // G, features)`` (HWIO) and an
 optional ``bias``. A checkpoint therefore never depends on which lowering runs
 it; the lowering only decides how XLA is asked to compute the convolution.
 
-Lowerings (see :data:`CONV_IMPLS`):
+Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
 
-* ``"xla"``: ``lax.conv_general_dilated(feature_group_count=G)``. The right
-  choice on GPU and TPU, where XLA has native grouped kernels.
+* ``"xla"``: ``lax.conv_general_dilated(feature_group_count=G)``. XLA's native
+  grouped kernels, the choice on GPU and TPU.
 * ``"dense"``: only dense operations, which XLA:CPU runs with fast kernels.
   A 1x1 convolution becomes one matrix multiplication (XLA:CPU's convolution
   kernels are 4-7x slower than its GEMM for these, backward especially); a
@@ -16,14 +16,23 @@ Lowerings (see :data:`CONV_IMPLS`):
   block-diagonal kernel covering a chunk of groups. XLA:CPU expands or
   crawls through grouped convolutions (30-170x slower than PyTorch), so this
   is far faster on CPU despite the zeros it multiplies.
-* ``"auto"``: picks per platform at trace time (``dense`` on CPU, ``xla``
-  elsewhere). Override for a whole process with the environment variable
-  ``RESNEXT_JAX_CONV_IMPL`` or per model with ``conv_impl=...``.
+* ``"hybrid_blockdiag"`` and ``"hybrid_im2col"``: the native forward and input
+  gradient, with the kernel gradient computed another way (the dense
+  block-diagonal convolutions' kernel gradient, or patches and one batched
+  GEMM per group). Candidates for GPUs, where XLA's grouped-convolution kernel
+  gradient is about as slow as a dense one (jax-ml/jax#13800);
+  ``benchmarks/bench_gpu.py`` measures them.
+* ``"auto"``: one traced program that holds each platform's lowering
+  (:data:`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``. The choice
+  is made when the program is lowered for its target, not by the process that
+  traces it: a CPU ``jit`` compiles only the ``dense`` branch, and
+  ``jax.export`` for ``cuda`` or ``tpu`` from a CPU host gets native grouped
+  convolutions. Force one lowering per model with ``conv_impl=...``.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -33,8 +42,14 @@ from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
 
-CONV_IMPLS = ("auto", "xla", "dense")
-_ENV_VAR = "RESNEXT_JAX_CONV_IMPL"
+CONV_IMPLS = ("auto", "xla", "dense", "hybrid_blockdiag", "hybrid_im2col")
+
+# What "auto" compiles to on each platform (jax.export's platform names).
+# GPUs and TPUs keep XLA's native grouped convolution until a measurement
+# (benchmarks/bench_gpu.py) shows a lowering that beats it there.
+AUTO_LOWERINGS = {"cpu": "dense", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
+# Any other platform jax may add later.
+_AUTO_DEFAULT = "xla"
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Input channels per dense chunk of the block-diagonal lowering.
@@ -50,26 +65,35 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-def default_platform() -> str:
-    """The platform that jit will compile for by default (cpu, gpu, tpu)."""
-    return jax.default_backend()
-
-
 def resolve_conv_impl(impl: str = "auto", platform: str | None = None) -> str:
-    """Maps ``auto`` (and the environment override) to a concrete lowering."""
+    """The lowering that ``impl`` compiles to on ``platform``.
+
+    ``platform`` is a jax platform name (``cpu``, ``cuda``, ``rocm``,
+    ``tpu``; ``gpu`` means ``cuda``), by default that of jax's default
+    backend. Only informative: a model with ``conv_impl="auto"`` carries
+    every platform's lowering and the compiler picks.
+    """
     check_conv_impl(impl)
-    if impl == "auto":
-        forced = os.environ.get(_ENV_VAR, "").strip()
-        if forced:
-            if forced not in CONV_IMPLS:
-                raise ValueError(
-                    f"{_ENV_VAR}={forced!r} is not a grouped-convolution "
-                    f"lowering; choose one of {CONV_IMPLS}.")
-            impl = forced
-    if impl == "auto":
-        platform = platform or default_platform()
-        impl = "dense" if platform == "cpu" else "xla"
-    return impl
+    if impl != "auto":
+        return impl
+    platform = (platform or jax.default_backend()).lower()
+    platform = {"gpu": "cuda"}.get(platform, platform)
+    return AUTO_LOWERINGS.get(platform, _AUTO_DEFAULT)
+
+
+def _per_platform(lowerings: dict[str, Callable], *args):
+    """``lowerings[AUTO_LOWERINGS[platform]](*args)``, chosen at lowering.
+
+    Platforms that share a lowering share one branch (platform_dependent
+    joins identical callables), so the traced program holds each distinct
+    lowering once.
+    """
+    # The default branch covers every platform that uses it; naming those
+    # platforms again would stage out a second copy of the same branch.
+    branches = {p: lowerings[impl] for p, impl in AUTO_LOWERINGS.items()
+                if impl != _AUTO_DEFAULT}
+    return lax.platform_dependent(*args, default=lowerings[_AUTO_DEFAULT],
+                                  **branches)
 
 
 def _conv(x, kernel, strides, padding, groups=1):
@@ -157,6 +181,73 @@ def _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups=None):
     return jnp.concatenate(parts, axis=-1)
 
 
+def _dense_conv(x, kernel, strides, padding, groups, chunk_groups=None):
+    """The ``dense`` lowering: GEMMs and dense convolutions only."""
+    if groups == 1 and _is_pointwise(kernel, padding):
+        return _pointwise_matmul(x, kernel, strides)
+    if groups == 1:
+        return _conv(x, kernel, strides, padding)
+    return _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
+
+
+def _patches_kernel_grad(x, dy, kernel_shape, strides, padding, groups):
+    """Kernel gradient of a grouped conv from image patches.
+
+    One batched GEMM over the groups: ``dW[g] = patches[g]^T @ dy[g]``,
+    contracting over every output pixel of the batch.
+    """
+    kh, kw, cin_g, cout = kernel_shape
+    patches = lax.conv_general_dilated_patches(
+        x, (kh, kw), strides, padding, dimension_numbers=_DIMENSION_NUMBERS)
+    n, ho, wo, _ = patches.shape
+    # Patch features are ordered (input channel, kh, kw).
+    patches = patches.reshape(n * ho * wo, groups, cin_g, kh, kw)
+    dy = dy.reshape(n * ho * wo, groups, cout // groups)
+    dw = jnp.einsum("pgcij,pgo->ijcgo", patches, dy,
+                    preferred_element_type=jnp.float32)
+    return dw.reshape(kernel_shape).astype(dy.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _hybrid_conv(x, kernel, strides, padding, groups, kernel_grad,
+                 chunk_groups):
+    """Native grouped conv whose kernel gradient is computed by
+    ``kernel_grad`` ("blockdiag" or "im2col") instead of XLA's."""
+    return _conv(x, kernel, strides, padding, groups)
+
+
+def _hybrid_fwd(x, kernel, strides, padding, groups, kernel_grad,
+                chunk_groups):
+    return _conv(x, kernel, strides, padding, groups), (x, kernel)
+
+
+def _hybrid_bwd(strides, padding, groups, kernel_grad, chunk_groups,
+                residuals, dy):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(
+        lambda x: _conv(x, kernel, strides, padding, groups), x)
+    dx, = input_vjp(dy)
+    if kernel_grad == "im2col":
+        dw = _patches_kernel_grad(x, dy, kernel.shape, strides, padding,
+                                  groups)
+    else:
+        _, kernel_vjp = jax.vjp(
+            lambda k: _blockdiag_conv(x, k, strides, padding, groups,
+                                      chunk_groups),
+            kernel)
+        dw, = kernel_vjp(dy)
+    return dx, dw.astype(kernel.dtype)
+
+
+_hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
+
+
+def _hashable_padding(padding: Padding) -> Padding:
+    if isinstance(padding, str):
+        return padding
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
 def grouped_conv(x: jax.Array, kernel: jax.Array, *,
                  strides: Sequence[int] = (1, 1),
                  padding: Padding = "SAME", groups: int = 1,
@@ -166,34 +257,42 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
 
     Every lowering computes the same function as
     ``lax.conv_general_dilated(..., feature_group_count=groups)``.
+    ``chunk_groups`` (groups per dense convolution) tunes the ``dense`` and
+    ``hybrid_blockdiag`` lowerings; by default it is :func:`default_chunk_groups`.
     """
+    check_conv_impl(impl)
     strides = tuple(strides)
-    impl = resolve_conv_impl(impl)
-    if impl == "xla":
-        return _conv(x, kernel, strides, padding, groups)
-    if impl == "dense":
-        if groups == 1 and _is_pointwise(kernel, padding):
-            return _pointwise_matmul(x, kernel, strides)
+    padding = _hashable_padding(padding)
+    if groups == 1 and not _is_pointwise(kernel, padding):
+        # A dense KxK convolution (the stem): every lowering is XLA's conv.
+        return _conv(x, kernel, strides, padding)
+
+    def xla(x, k):
+        return _conv(x, k, strides, padding, groups)
+
+    def dense(x, k):
+        return _dense_conv(x, k, strides, padding, groups, chunk_groups)
+
+    def hybrid(kernel_grad):
         if groups == 1:
-            return _conv(x, kernel, strides, padding)
-        return _blockdiag_conv(x, kernel, strides, padding, groups,
-                               chunk_groups)
-    raise AssertionError(impl)  # resolve_conv_impl returned an unknown name.
+            return xla  # A 1x1 dense conv: XLA's own gradient is dense too.
+        return lambda x, k: _hybrid_conv(x, k, strides, padding, groups,
+                                         kernel_grad, chunk_groups)
+
+    lowerings = {"xla": xla, "dense": dense,
+                 "hybrid_blockdiag": hybrid("blockdiag"),
+                 "hybrid_im2col": hybrid("im2col")}
+    if impl == "auto":
+        return _per_platform(lowerings, x, kernel)
+    return lowerings[impl](x, kernel)
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
-             padding: int = 1, impl: str = "auto") -> jax.Array:
-    """Max-pool of NHWC ``x`` with symmetric -inf padding (torchvision's stem).
+def _reduce_window_max_pool(x, window, stride, padding):
+    return nn.max_pool(x, (window, window), strides=(stride, stride),
+                       padding=((padding, padding), (padding, padding)))
 
-    With the ``dense`` lowering it is the maximum of ``window**2`` strided
-    slices: XLA:CPU's reduce-window backward (select-and-scatter) is about 4x
-    slower than the backward of these elementwise maxima. Ties split the
-    gradient instead of sending it all to the first maximum; both are valid
-    subgradients, and the forward result is identical.
-    """
-    if resolve_conv_impl(impl) == "xla":
-        return nn.max_pool(x, (window, window), strides=(stride, stride),
-                           padding=((padding, padding), (padding, padding)))
+
+def _sliced_max_pool(x, window, stride, padding):
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                  constant_values=-jnp.inf)
     n, h, w, c = xp.shape
@@ -207,6 +306,29 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
                             (1, stride, stride, 1))
             out = tap if out is None else jnp.maximum(out, tap)
     return out
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
+             padding: int = 1, impl: str = "auto") -> jax.Array:
+    """Max-pool of NHWC ``x`` with symmetric -inf padding (torchvision's stem).
+
+    With the ``dense`` lowering it is the maximum of ``window**2`` strided
+    slices: XLA:CPU's reduce-window backward (select-and-scatter) is about 4x
+    slower than the backward of these elementwise maxima. Ties split the
+    gradient instead of sending it all to the first maximum; both are valid
+    subgradients, and the forward result is identical. The other lowerings
+    use XLA's reduce-window.
+    """
+    check_conv_impl(impl)
+    native = functools.partial(_reduce_window_max_pool, window=window,
+                               stride=stride, padding=padding)
+    sliced = functools.partial(_sliced_max_pool, window=window,
+                               stride=stride, padding=padding)
+    lowerings = {impl: native for impl in CONV_IMPLS}
+    lowerings["dense"] = sliced
+    if impl == "auto":
+        return _per_platform(lowerings, x)
+    return lowerings[impl](x)
 
 
 class GroupedConv(nn.Module):

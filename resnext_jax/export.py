@@ -24,7 +24,6 @@ import numpy as np
 from jax import export as jax_export
 
 from resnext_jax import serving
-from resnext_jax.conv import resolve_conv_impl
 from resnext_jax.models import ResNeXt
 
 # Platform names as jax.export spells them.
@@ -49,33 +48,17 @@ def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
     return platforms
 
 
-def _inference_fn(model: ResNeXt, treedef, platforms: tuple[str, ...]):
-    """``(flat weights, images) -> logits``, one conv lowering per platform.
+def _inference_fn(model: ResNeXt, treedef):
+    """``(flat weights, images) -> logits`` in eval mode.
 
-    ``conv_impl="auto"`` picks a lowering by the platform that traces, which
-    at export time is the exporting machine's, not the target's. So each
-    target platform gets its own lowering, joined by
-    ``lax.platform_dependent`` when they differ.
+    With ``conv_impl="auto"`` the traced program carries every platform's
+    lowering and each target's is picked when it is lowered, so one trace
+    serves all ``platforms``.
     """
-    impls = {p: resolve_conv_impl(model.conv_impl, platform=p)
-             for p in platforms}
-
-    def apply_with(impl):
-        bound = model.clone(conv_impl=impl)
-
-        def apply(weights, images):
-            variables = jax.tree.unflatten(treedef, weights)
-            return bound.apply(variables, images, train=False)
-        return apply
-
-    if len(set(impls.values())) == 1:
-        return apply_with(next(iter(impls.values())))
-
-    branches = {p: apply_with(impl) for p, impl in impls.items()}
-
-    def dispatch(weights, images):
-        return jax.lax.platform_dependent(weights, images, **branches)
-    return dispatch
+    def apply(weights, images):
+        variables = jax.tree.unflatten(treedef, weights)
+        return model.apply(variables, images, train=False)
+    return apply
 
 
 def export_model(model: ResNeXt, variables: Mapping, *,
@@ -102,7 +85,7 @@ def export_model(model: ResNeXt, variables: Mapping, *,
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3),
                                   jnp.float32)
     weight_specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
-    fn = jax.jit(_inference_fn(model, treedef, platforms))
+    fn = jax.jit(_inference_fn(model, treedef))
     exported = jax_export.export(fn, platforms=platforms)(weight_specs,
                                                           images)
     return exported, weights

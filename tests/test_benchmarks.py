@@ -37,3 +37,25 @@ def test_bench_throughput_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["results"][0]["resolved_impl"] == "dense"
     assert data["results"][0]["train_img_s"] > 0
+
+
+def test_bench_gpu_smoke_runs_every_part(tmp_path):
+    out = tmp_path / "gpu.json"
+    stdout = _run("bench_gpu.py", "--smoke", "--json", str(out))
+    assert "grouped 3x3" in stdout and "img/s" in stdout
+    data = json.loads(out.read_text())
+    assert data["errors"] == []
+    assert data["system"]["bf16_matmul_tflops"] > 0
+    lowerings = {r["lowering"] for r in data["conv"]}
+    assert {"xla", "dense/c4", "hybrid_blockdiag/c4",
+            "hybrid_im2col"} <= lowerings
+    modes = {(r["framework"], r["mode"]) for r in data["model"]}
+    assert {("jax", "train"), ("jax", "infer")} <= modes
+    for row in data["model"]:
+        assert row["img_s"] > 0
+    # Every lowering computes the same function on this device.
+    for row in data["check"]:
+        if "logits_rel_err" in row:
+            assert row["logits_rel_err"] < 1e-3, row
+        else:
+            assert row["rel_err"] < 1e-4, row

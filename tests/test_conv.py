@@ -1,5 +1,7 @@
 """Every grouped-convolution lowering computes XLA's grouped convolution."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,17 +103,60 @@ def test_chunk_heuristic_divides_groups():
             assert groups % chunk == 0 and chunk >= 1
 
 
-def test_auto_resolves_by_platform(monkeypatch):
-    monkeypatch.delenv("RESNEXT_JAX_CONV_IMPL", raising=False)
+def test_auto_resolves_by_platform():
     assert rx.resolve_conv_impl("auto", platform="cpu") == "dense"
-    assert rx.resolve_conv_impl("auto", platform="gpu") == "xla"
-    assert rx.resolve_conv_impl("auto", platform="tpu") == "xla"
+    for platform in ("gpu", "cuda", "rocm", "tpu"):
+        assert rx.resolve_conv_impl("auto", platform=platform) == "xla"
     assert rx.resolve_conv_impl("xla", platform="cpu") == "xla"
-    monkeypatch.setenv("RESNEXT_JAX_CONV_IMPL", "xla")
-    assert rx.resolve_conv_impl("auto", platform="cpu") == "xla"
-    monkeypatch.setenv("RESNEXT_JAX_CONV_IMPL", "bogus")
-    with pytest.raises(ValueError, match=r"RESNEXT_JAX_CONV_IMPL='bogus'"):
-        rx.resolve_conv_impl("auto")
+    assert rx.resolve_conv_impl("dense", platform="tpu") == "dense"
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 8])
+def test_hybrid_kernel_gradient_at_every_chunk_size(chunk):
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 7, 32))
+    kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 32))
+
+    def kernel_grad(impl, chunk_groups=None):
+        return jax.grad(lambda k: jnp.sum(jnp.sin(rx.grouped_conv(
+            x, k, strides=(2, 2), groups=8, impl=impl,
+            chunk_groups=chunk_groups))))(kernel)
+
+    np.testing.assert_allclose(kernel_grad("hybrid_blockdiag", chunk),
+                               kernel_grad("xla"), atol=1e-4)
+
+
+def _grouped_convs_in_hlo(text: str) -> int:
+    """Grouped convolutions in compiled HLO text (one per line)."""
+    return len(re.findall(r"feature_group_count=(?!1\b)\d+", text))
+
+
+def test_cpu_jit_compiles_only_the_cpu_lowering():
+    model = tiny_model(cardinality=8, base_width=4)
+    variables = random_variables(model, image_size=64, seed=1)
+    # Batch statistics over enough values to keep the gradient well
+    # conditioned (2 images at 1x1 would not be).
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 64, 64, 3))
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x,
+                                train=True, mutable=["batch_stats"])
+        return jnp.sum(logits ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    hlo = grad.lower(variables["params"]).compile().as_text()
+    assert _grouped_convs_in_hlo(hlo) == 0
+    assert "conditional" not in hlo and "select-and-scatter" not in hlo
+    # The native program, for contrast, keeps its grouped convolutions.
+    native = jax.jit(jax.grad(lambda p: jnp.sum(model.clone(
+        conv_impl="xla").apply({**variables, "params": p}, x, train=True,
+                               mutable=["batch_stats"])[0] ** 2)))
+    assert _grouped_convs_in_hlo(
+        native.lower(variables["params"]).compile().as_text()) > 0
+    # And the gradients are the same function's.
+    got, want = grad(variables["params"]), native(variables["params"])
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        scale = max(float(jnp.abs(w).max()), 1.0)
+        np.testing.assert_allclose(g, w, atol=1e-4 * scale, rtol=0)
 
 
 def test_grouped_conv_module_params_equal_nn_conv():
