@@ -4,9 +4,15 @@ Reference: "Aggregated Residual Transformations for Deep Neural Networks",
 https://arxiv.org/abs/1611.05431
 """
 
+# The one version number: pyproject.toml reads it from here.
+__version__ = "0.1.0"
+
 from resnext_jax.blocks import BLOCK_FORMS
 from resnext_jax.blocks import Bottleneck
 from resnext_jax.blocks import convert_block_form
+from resnext_jax.bundle import Pretrained
+from resnext_jax.bundle import load_pretrained
+from resnext_jax.bundle import save_pretrained
 from resnext_jax.conv import CONV_IMPLS
 from resnext_jax.conv import GroupedConv
 from resnext_jax.conv import grouped_conv
@@ -24,14 +30,15 @@ from resnext_jax.models import model_config
 from resnext_jax.counting import count_flops
 from resnext_jax.counting import count_params
 from resnext_jax.counting import summarize
-
-__version__ = "0.1.0"
+from resnext_jax.preprocessing import Preprocessing
 
 __all__ = (
     "BLOCK_FORMS",
     "Bottleneck",
     "CONV_IMPLS",
     "GroupedConv",
+    "Preprocessing",
+    "Pretrained",
     "ResNeXt",
     "StateDictMismatchError",
     "convert_block_form",
@@ -41,10 +48,12 @@ __all__ = (
     "grouped_conv",
     "init_variables",
     "list_models",
+    "load_pretrained",
     "load_torch_state_dict",
     "model_config",
     "read_state_dict",
     "resolve_conv_impl",
+    "save_pretrained",
     "save_safetensors",
     "summarize",
     "to_torch_state_dict",

@@ -25,6 +25,7 @@ from jax import export as jax_export
 
 from resnext_jax import serving
 from resnext_jax.models import ResNeXt
+from resnext_jax.preprocessing import Preprocessing
 
 # Platform names as jax.export spells them.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -107,32 +108,34 @@ def _model_config(model: ResNeXt) -> dict:
 
 def save_exported(path: str | os.PathLike, model: ResNeXt,
                   variables: Mapping, *, platforms: Sequence[str] = ("cpu",),
-                  image_size: int = serving.CROP_SIZE,
-                  resize_size: int | None = None,
-                  mean: Sequence[float] = serving.IMAGENET_MEAN,
-                  std: Sequence[float] = serving.IMAGENET_STD,
+                  image_size: int | None = None,
+                  preprocessing: Preprocessing | None = None,
                   class_names: Sequence[str] | None = None) -> dict:
     """Exports the model and writes it to ``path``; returns the metadata.
 
-    Read it back with ``resnext_jax.serving.load(path)``. ``resize_size``
-    (default ``image_size * 256 / 224``, torchvision's ratio), ``mean``,
-    ``std`` and ``class_names`` are recorded for the server's preprocessing
-    and labels; they do not change the exported function.
+    Read it back with ``resnext_jax.serving.load(path)``. The input is
+    ``image_size`` square (default: the preprocessing's crop, else 224).
+    ``preprocessing`` (default: ImageNet's, at that size) and
+    ``class_names`` are recorded for the server; they do not change the
+    exported function.
     """
+    if preprocessing is None:
+        preprocessing = Preprocessing.imagenet(image_size or serving.CROP_SIZE)
+    elif image_size is not None and image_size != preprocessing.crop_size:
+        preprocessing = preprocessing.with_crop_size(image_size)
+    image_size = preprocessing.crop_size
     exported, weights = export_model(model, variables, platforms=platforms,
                                      image_size=image_size)
     if class_names is not None and len(class_names) != model.num_classes:
         raise ValueError(
             f"class_names has {len(class_names)} entries but the model has "
             f"num_classes={model.num_classes}.")
-    if resize_size is None:
-        resize_size = round(image_size * serving.RESIZE_SIZE
-                            / serving.CROP_SIZE)
     meta = dict(
         format=serving.FORMAT, platforms=list(exported.platforms),
-        image_size=image_size, resize_size=resize_size,
-        num_classes=model.num_classes, mean=[float(m) for m in mean],
-        std=[float(s) for s in std], num_weights=len(weights),
+        image_size=image_size, resize_size=preprocessing.resize_size,
+        num_classes=model.num_classes, mean=list(preprocessing.mean),
+        std=list(preprocessing.std),
+        preprocessing=preprocessing.to_dict(), num_weights=len(weights),
         class_names=list(class_names or []), jax_version=jax.__version__,
         model=_model_config(model))
     arrays = {f"w{i:05d}": w for i, w in enumerate(weights)}
@@ -153,7 +156,7 @@ def main(argv=None) -> None:
     from resnext_jax import predict  # pylint: disable=import-outside-toplevel
 
     parser = argparse.ArgumentParser(
-        prog="python -m resnext_jax.export",
+        prog="resnext-export",
         description="Serialize jit-compiled inference (jax.export, symbolic "
                     "batch) for serving with resnext_jax/serving.py.")
     predict.add_model_arguments(parser)
@@ -161,20 +164,19 @@ def main(argv=None) -> None:
                         help="comma-separated targets from "
                              f"{','.join(PLATFORMS)} (default: cpu)")
     parser.add_argument("--image-size", type=int,
-                        help="input height and width (default: 224, or the "
-                             "training run's)")
+                        help="input height and width (default: the "
+                             "bundle's crop, or 224)")
     parser.add_argument("out", help="output file, e.g. model.rxexport")
     args = parser.parse_args(argv)
     try:
         model, variables, class_names, preprocessing = predict.load_model(
             args)
-        image_size = args.image_size or preprocessing.crop_size
         meta = save_exported(args.out, model, variables,
-                             platforms=args.platforms, image_size=image_size,
-                             resize_size=(None if args.image_size
-                                          else preprocessing.resize_size),
-                             mean=preprocessing.mean, std=preprocessing.std,
+                             platforms=args.platforms,
+                             image_size=args.image_size,
+                             preprocessing=preprocessing,
                              class_names=class_names)
+        image_size = meta["image_size"]
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
     size = os.path.getsize(args.out) / 2**20

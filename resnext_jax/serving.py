@@ -5,8 +5,10 @@ resnext_jax: copy it next to a server, or run it as a script::
 
     python serving.py model.rxexport cat.jpg dog.jpg
 
-It also holds torchvision's ImageNet eval preprocessing, which
-:mod:`resnext_jax.predict` reuses.
+It also holds the pixel operations of the eval preprocessing spec
+(:class:`resnext_jax.Preprocessing`, recorded in the export's metadata), so
+that a server computes exactly the inputs that ``predict`` and the trainer's
+eval compute; the library's spec calls these functions.
 
 Export file format: an uncompressed ``.npz`` with ``exported`` (the bytes of
 ``jax.export.Exported.serialize()``), ``meta`` (UTF-8 JSON) and the weights
@@ -22,19 +24,24 @@ import sys
 import numpy as np
 
 FORMAT = "resnext_jax.export/1"
+# ImageNet statistics and torchvision's eval sizes: the library's defaults
+# (resnext_jax.preprocessing takes them from here).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_SIZE = 256
 CROP_SIZE = 224
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 # ---------------------------------------------------------------------------
-# Preprocessing, as torchvision's ImageNet eval transforms:
-# Resize(256) (bilinear, shorter side) -> CenterCrop(224) -> ToTensor ->
-# Normalize(mean, std); here in NHWC.
+# Preprocessing, as torchvision's eval transforms: Resize(resize_size)
+# (shorter side, PIL) -> CenterCrop(crop_size) -> ToTensor -> Normalize(mean,
+# std); here in NHWC. Non-RGB images (grey, palette, RGBA, CMYK) become RGB by
+# PIL's convert("RGB"): grey is repeated, alpha dropped.
 
 def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
-                    crop_size: int = CROP_SIZE) -> np.ndarray:
+                    crop_size: int = CROP_SIZE,
+                    interpolation: str = "bilinear") -> np.ndarray:
     """A PIL image -> uint8 ``(crop, crop, 3)``, as Resize + CenterCrop."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
@@ -42,6 +49,9 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
         raise ValueError(
             f"resize_size (={resize_size}) must be at least crop_size "
             f"(={crop_size}).")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation (={interpolation!r}) must be one of "
+                         f"{INTERPOLATIONS}.")
     image = image.convert("RGB")
     width, height = image.size
     # torchvision: the shorter side becomes resize_size, the longer side
@@ -51,7 +61,9 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
     else:
         size = (int(resize_size * width / height), resize_size)
     if size != (width, height):
-        image = image.resize(size, Image.BILINEAR)
+        resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+                    "bicubic": Image.BICUBIC}[interpolation]
+        image = image.resize(size, resample)
     width, height = image.size
     top = int(round((height - crop_size) / 2.0))
     left = int(round((width - crop_size) / 2.0))
@@ -67,15 +79,29 @@ def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN,
                                                                 np.float32)
 
 
-def load_image(path: str | os.PathLike, resize_size: int = RESIZE_SIZE,
+def load_image(path, resize_size: int = RESIZE_SIZE,
                crop_size: int = CROP_SIZE, mean=IMAGENET_MEAN,
-               std=IMAGENET_STD) -> np.ndarray:
-    """An image file -> normalized float32 ``(crop, crop, 3)``."""
+               std=IMAGENET_STD, interpolation: str = "bilinear"
+               ) -> np.ndarray:
+    """An image file (a path or a binary file object) -> normalized float32
+    ``(crop, crop, 3)``."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
     with Image.open(path) as image:
-        return normalize(resize_and_crop(image, resize_size, crop_size),
-                         mean, std)
+        return normalize(resize_and_crop(image, resize_size, crop_size,
+                                         interpolation), mean, std)
+
+
+def preprocessing_of(meta: dict) -> dict:
+    """The preprocessing spec an export recorded (``meta["preprocessing"]``;
+    files without one: torchvision's rule at the recorded sizes)."""
+    spec = meta.get("preprocessing")
+    if spec:
+        return dict(spec)
+    return {"resize_size": meta["resize_size"],
+            "crop_size": meta["image_size"], "resize": "shorter",
+            "interpolation": "bilinear", "mean": meta["mean"],
+            "std": meta["std"], "convert": "RGB"}
 
 
 # ---------------------------------------------------------------------------
@@ -101,6 +127,18 @@ class ExportedModel:
     @property
     def class_names(self) -> list[str]:
         return list(self.meta.get("class_names") or [])
+
+    @property
+    def preprocessing(self) -> dict:
+        """Sizes, resize rule, interpolation, mean/std (see
+        :func:`preprocessing_of`)."""
+        return preprocessing_of(self.meta)
+
+    def load_image(self, path) -> np.ndarray:
+        """An image file -> this model's normalized float32 input."""
+        spec = self.preprocessing
+        return load_image(path, spec["resize_size"], spec["crop_size"],
+                          spec["mean"], spec["std"], spec["interpolation"])
 
     def __call__(self, images) -> np.ndarray:
         """Logits ``(N, num_classes)`` for images ``(N, H, W, 3)``."""
@@ -144,10 +182,7 @@ def main(argv=None) -> None:
     if len(argv) < 2:
         sys.exit("usage: python serving.py MODEL_FILE IMAGE [IMAGE ...]")
     model = load(argv[0])
-    size = model.meta["image_size"]
-    images = np.stack([
-        load_image(p, model.meta["resize_size"], size, model.meta["mean"],
-                   model.meta["std"]) for p in argv[1:]])
+    images = np.stack([model.load_image(p) for p in argv[1:]])
     probs, indices = top_k(model(images))
     names = model.class_names
     for path, p_row, i_row in zip(argv[1:], probs, indices):

@@ -1,5 +1,14 @@
 """Shared test helpers."""
 
+# Load torch's side before any test loads TensorFlow: the CUDA builds of
+# torch bring triton, whose LLVM crashes the process (segmentation fault)
+# when it is loaded after TensorFlow's, the other order being fine. The
+# training tests use TensorFlow, the parity tests torchvision and timm.
+try:
+    import torchvision.models  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # Without the [torch] extra the parity tests skip.
+    pass
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -295,3 +295,26 @@ def test_our_weights_load_into_torchvision(tv, tiny):
     logits = model.apply(variables, images)
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4,
                                rtol=0)
+
+
+def test_timm_parity_both_ways(tv):
+    """A timm ResNeXt (random weights and BN statistics) loads exactly and
+    gives the same logits; our weights load back into it strictly."""
+    torch, _ = tv
+    timm_resnet = pytest.importorskip("timm.models.resnet")
+    net = timm_resnet.ResNet(block=timm_resnet.Bottleneck, layers=[1, 1, 1, 1],
+                             cardinality=4, base_width=4, num_classes=7)
+    net = _randomize_torch(net, torch, 3)
+    images = np.random.default_rng(1).normal(
+        size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    model = rx.create_model("resnext50_32x4d", stage_sizes=(1, 1, 1, 1),
+                            cardinality=4, base_width=4, num_classes=7)
+    variables = rx.load_torch_state_dict(net.state_dict(), model)
+    logits = model.apply(variables, images, train=False)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4,
+                               rtol=0)
+    state = rx.to_torch_state_dict(variables, model)
+    net.load_state_dict({k: torch.tensor(v) for k, v in state.items()},
+                        strict=True)

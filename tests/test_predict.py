@@ -4,7 +4,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -119,31 +118,20 @@ def test_argument_errors(setup):
     assert "num_classes=7" in str(info.value.code)
 
 
-def test_workdir_uses_the_training_run(setup, capsys, monkeypatch):
-    """--workdir restores through train.checkpoint and uses the run's class
-    names, image size and normalization."""
+def test_workdir_reads_the_model_bundle(setup, capsys, tmp_path):
+    """--workdir loads <workdir>/model/ with the run's class names, image
+    size and normalization."""
     model, variables, _, _, images = setup
-    calls = []
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-
-    def restore_for_inference(workdir):
-        calls.append(workdir)
-        return model, variables, LABELS
-
-    fake = types.ModuleType("train.checkpoint")
-    fake.restore_for_inference = restore_for_inference
-    fake.load_dataset_info = lambda workdir: {
-        "class_names": LABELS, "image_size": 32, "mean": mean, "std": std}
-    package = types.ModuleType("train")
-    package.checkpoint = fake
-    monkeypatch.setitem(sys.modules, "train", package)
-    monkeypatch.setitem(sys.modules, "train.checkpoint", fake)
-    out = _run(capsys, ["--workdir", "/some/run", "--json", "--top-k", "2",
-                        images[0]])
-    assert calls == ["/some/run"]
+    spec = rx.Preprocessing(resize_size=37, crop_size=32,
+                            interpolation="bicubic", mean=(0.5, 0.4, 0.3),
+                            std=(0.2, 0.25, 0.3))
+    rx.save_pretrained(tmp_path / "run" / "model", model, variables,
+                       class_names=LABELS, preprocessing=spec)
+    out = _run(capsys, ["--workdir", str(tmp_path / "run"), "--json",
+                        "--top-k", "2", images[0]])
     preds = json.loads(out)[0]["predictions"]
-    # ImageNet stem: resize to 32 * 256 / 224 = 37, center crop 32.
-    image = serving.load_image(images[0], 37, 32, mean, std)[None]
+    image = spec.load_image(images[0])[None]
+    assert image.shape == (1, 32, 32, 3)
     probs = np.asarray(jax.nn.softmax(model.apply(variables, image)))[0]
     assert [p["index"] for p in preds] == list(np.argsort(-probs)[:2])
     np.testing.assert_allclose([p["probability"] for p in preds],
@@ -151,17 +139,19 @@ def test_workdir_uses_the_training_run(setup, capsys, monkeypatch):
     assert [p["label"] for p in preds] == [LABELS[p["index"]] for p in preds]
 
 
-def _training_restore():
-    try:
-        from train import checkpoint
-    except ImportError:
-        return None
-    return getattr(checkpoint, "restore_for_inference", None)
+def test_workdir_without_a_bundle_says_what_to_do(tmp_path, setup):
+    _, _, _, _, images = setup
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as info:
+        predict.main(["--workdir", str(tmp_path), images[0]])
+    message = str(info.value.code)
+    assert "without a model bundle" in message
+    assert "python -m train.bundle" in message
+    assert "\n" not in message
 
 
 @pytest.mark.slow  # runs the training program for two steps
-@pytest.mark.skipif(_training_restore() is None,
-                    reason="train.checkpoint.restore_for_inference missing")
 def test_workdir_from_a_real_training_run(tmp_path, capsys):
     workdir = tmp_path / "run"
     subprocess.run(
@@ -169,11 +159,12 @@ def test_workdir_from_a_real_training_run(tmp_path, capsys):
          "--workdir", str(workdir), "--config.num_train_steps=2",
          "--config.checkpoint_every_steps=1", "--config.progress_bar=False"],
         check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
-    model, _, class_names = _training_restore()(str(workdir))
+    model, _, preprocessing, class_names = rx.load_pretrained(workdir)
+    assert preprocessing.crop_size == 8
     image = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     out = _run(capsys, ["--workdir", str(workdir), "--json", "--top-k", "3",
-                        str(image)])  # 8x8 from the run's dataset info
+                        str(image)])  # 8x8 from the run's bundle
     preds = json.loads(out)[0]["predictions"]
     assert len(preds) == min(3, model.num_classes)
     assert all(p["label"] == class_names[p["index"]] for p in preds)
