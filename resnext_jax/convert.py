@@ -201,7 +201,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ImportError(
                 f"reading {path!r} needs the safetensors package: "
                 "pip install safetensors") from e
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except Exception as e:  # pylint: disable=broad-except
+            # SafetensorError (bad header, truncated data), OSError: the
+            # file, not the caller, is at fault; say which file.
+            raise ValueError(
+                f"{path!r} is not a readable .safetensors file ({e}); it may "
+                "be truncated or damaged: download or convert it "
+                "again.") from None
     elif path.endswith(_TORCH_SUFFIXES):
         torch = _import_torch(f"reading {path!r}")
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -43,6 +44,10 @@ class LayerCost:
 def _trace_layer_costs(model: ResNeXt, image_size: int,
                        batch_size: int = 1) -> tuple[list[LayerCost], Any]:
     """Shape-only trace that records the multiply-adds of every conv/dense."""
+    if isinstance(image_size, bool) or not isinstance(
+            image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(
+            f"image_size (={image_size!r}) must be a positive integer.")
     costs: list[LayerCost] = []
 
     def interceptor(next_fun, args, kwargs, context):

@@ -104,7 +104,10 @@ def predict_files(model, variables, paths: Sequence[str],
     """Top-k predictions per image file.
 
     Returns one ``{"image": path, "predictions": [{"index", "label",
-    "probability"}, ...]}`` per path, predictions sorted by probability.
+    "probability"}, ...]}`` per path, predictions sorted by probability. A
+    file that cannot be read as an image (missing, a directory, truncated,
+    not an image) gets ``{"image": path, "error": reason}`` instead, and the
+    others are still answered.
     """
     if model.num_classes == 0:
         raise ValueError("the model has no classifier (num_classes=0).")
@@ -113,11 +116,21 @@ def predict_files(model, variables, paths: Sequence[str],
     if batch_size < 1:
         raise ValueError(f"batch_size (={batch_size}) must be at least 1.")
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    batch_size = min(batch_size, len(paths))
-    results = []
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start:start + batch_size])
-        images = preprocessing.load_images(chunk)
+    loaded, results = {}, {}
+    for path in paths:
+        try:
+            loaded[str(path)] = preprocessing.load_image(path)
+        except Exception as e:  # pylint: disable=broad-except
+            # PIL raises many types (OSError, UnidentifiedImageError,
+            # DecompressionBombError, ...); one bad file must not cost the
+            # answers for the others.
+            results[str(path)] = {"image": str(path),
+                                  "error": _image_error(path, e)}
+    good = list(loaded)
+    batch_size = max(1, min(batch_size, len(good)))
+    for start in range(0, len(good), batch_size):
+        chunk = good[start:start + batch_size]
+        images = np.stack([loaded[p] for p in chunk])
         # Pad the last batch so every call has the compiled shape.
         pad = batch_size - len(chunk)
         if pad:
@@ -126,16 +139,27 @@ def predict_files(model, variables, paths: Sequence[str],
         logits = np.asarray(infer(variables, images))[:len(chunk)]
         probs, indices = serving.top_k(logits, top_k)
         for path, p_row, i_row in zip(chunk, probs, indices):
-            results.append({"image": str(path), "predictions": [
+            results[path] = {"image": path, "predictions": [
                 {"index": int(i), "label": class_names[i],
-                 "probability": float(p)} for p, i in zip(p_row, i_row)]})
-    return results
+                 "probability": float(p)} for p, i in zip(p_row, i_row)]}
+    return [results[str(p)] for p in paths]
+
+
+def _image_error(path, error: Exception) -> str:
+    if os.path.isdir(path):
+        return "is a directory, not an image file"
+    if not os.path.exists(path):
+        return "no such file"
+    return f"cannot be read as an image ({type(error).__name__}: {error})"
 
 
 def format_text(results: list[dict]) -> str:
     lines = []
     for result in results:
         lines.append(result["image"])
+        if "error" in result:
+            lines.append(f"  error: {result['error']}")
+            continue
         for pred in result["predictions"]:
             lines.append(f"  {pred['probability']:.4f}  {pred['label']} "
                          f"({pred['index']})")
@@ -170,6 +194,12 @@ def main(argv=None) -> None:
     print(json.dumps(results, indent=2) if args.json
           else format_text(results))
     sys.stdout.flush()
+    failed = [r for r in results if "error" in r]
+    if failed:
+        for r in failed:
+            print(f"error: {r['image']}: {r['error']}", file=sys.stderr)
+        sys.exit(f"error: {len(failed)} of {len(results)} image(s) could "
+                 "not be read; the others were answered above.")
 
 
 if __name__ == "__main__":

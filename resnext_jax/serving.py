@@ -39,6 +39,30 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # std); here in NHWC. Non-RGB images (grey, palette, RGBA, CMYK) become RGB by
 # PIL's convert("RGB"): grey is repeated, alpha dropped.
 
+def to_rgb(image):
+    """A PIL image of any mode -> mode RGB, 8 bits per channel.
+
+    16-bit and 32-bit integer images (PNG's 16-bit grey opens as ``I;16`` or
+    ``I``) keep their top 8 bits, as TensorFlow's decoders do; PIL's own
+    ``convert("RGB")`` would clip them to white. Float images are taken as
+    [0, 1]. Everything else goes through ``convert("RGB")`` (grey repeated,
+    palette expanded, alpha dropped).
+    """
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image).astype(np.int64)
+        # "I" holds up to 32 bits; a 16-bit file loaded as "I" has max 65535.
+        shift = 8 if image.mode.startswith("I;16") or pixels.max(
+            initial=0) <= 0xFFFF else 24
+        pixels = np.clip(pixels >> shift, 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels, "L")
+    elif image.mode == "F":
+        pixels = np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255)
+        image = Image.fromarray(pixels.astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
                     crop_size: int = CROP_SIZE,
                     interpolation: str = "bilinear") -> np.ndarray:
@@ -52,7 +76,7 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation (={interpolation!r}) must be one of "
                          f"{INTERPOLATIONS}.")
-    image = image.convert("RGB")
+    image = to_rgb(image)
     width, height = image.size
     # torchvision: the shorter side becomes resize_size, the longer side
     # int(resize_size * long / short) (truncated, not rounded).
@@ -143,6 +167,12 @@ class ExportedModel:
     def __call__(self, images) -> np.ndarray:
         """Logits ``(N, num_classes)`` for images ``(N, H, W, 3)``."""
         size = self.meta["image_size"]
+        dtype = getattr(images, "dtype", None) or np.asarray(images).dtype
+        if not np.issubdtype(dtype, np.floating):
+            raise ValueError(
+                f"images must be floating point (normalized), got dtype "
+                f"{dtype}; convert with x.astype(np.float32) and normalize "
+                "first (model.load_image does both).")
         if np.ndim(images) != 4 or tuple(np.shape(images)[1:]) != (
                 size, size, 3):
             raise ValueError(
@@ -155,14 +185,34 @@ def load(path: str | os.PathLike) -> ExportedModel:
     """Reads a file written by ``resnext_jax.export``."""
     from jax import export  # pylint: disable=import-outside-toplevel
 
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        meta = json.loads(bytes(data["meta"]).decode("utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(
-                f"{os.fspath(path)!r} has format {meta.get('format')!r}; "
-                f"this loader reads {FORMAT!r}.")
-        exported = export.deserialize(bytearray(data["exported"].tobytes()))
-        weights = [data[f"w{i:05d}"] for i in range(meta["num_weights"])]
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"exported model {path!r} does not exist.")
+    not_ours = (f"{path!r} is not a readable resnext_jax export (an .npz "
+                f"with 'meta', 'exported' and the weights, format "
+                f"{FORMAT!r}); it may be truncated or another kind of file. "
+                "Export it again with resnext-export")
+    try:
+        # allow_pickle=False: an export holds plain arrays only, and a file
+        # that needs pickle is refused, never executed.
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+            if meta.get("format") != FORMAT:
+                raise ValueError(
+                    f"{path!r} has format {meta.get('format')!r}; this "
+                    f"loader reads {FORMAT!r}.")
+            exported = export.deserialize(
+                bytearray(data["exported"].tobytes()))
+            weights = [data[f"w{i:05d}"]
+                       for i in range(meta["num_weights"])]
+    except ValueError as e:
+        if "format" in str(e) and path in str(e):
+            raise
+        raise ValueError(f"{not_ours}.") from None
+    except Exception as e:  # pylint: disable=broad-except
+        # zipfile.BadZipFile, KeyError, EOFError, OSError, a damaged
+        # serialized program: all mean the same thing to the user.
+        raise ValueError(f"{not_ours} ({type(e).__name__}).") from None
     return ExportedModel(exported, weights, meta)
 
 

@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(args.model, **overrides)
     except ValueError as e:
         parser.error(str(e))
-    image_size = args.image_size or (32 if model.stem == "cifar" else 224)
+    image_size = args.image_size
+    if image_size is None:
+        image_size = 32 if model.stem == "cifar" else 224
     if image_size < 1:
-        parser.error(f"--image-size (={image_size}) must be positive.")
+        parser.error(f"--image-size (={image_size}) must be a positive "
+                     "integer.")
     if args.json:
         rows = summarize(model, image_size)
         print(json.dumps(dict(

@@ -1,0 +1,156 @@
+"""Bad files and values given to the library's commands: one clear error, no
+wrong answer, and no lost answers for the good inputs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import random_variables, tiny_model
+from PIL import Image
+
+import resnext_jax as rx
+from resnext_jax import export, predict, serving, summary
+
+TINY_KWARGS = json.dumps(
+    {"stage_sizes": [1, 1, 1, 1], "cardinality": 4, "base_width": 4,
+     "num_classes": 7})
+SIZES = ["--resize-size", "40", "--crop-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_inputs")
+    model = tiny_model()
+    variables = random_variables(model, seed=3)
+    weights = root / "tiny.safetensors"
+    rx.save_safetensors(variables, model, weights)
+    return model, variables, str(weights), root
+
+
+def _grey_ramp(height=48, width=40):
+    """An 8-bit grey image with every level, and the same as 16-bit."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (height, width), np.uint8)
+    return pixels, pixels.astype(np.uint16) * 257  # 0xAB -> 0xABAB
+
+
+def test_16_bit_png_reads_as_its_8_bit_twin(tmp_path, tiny):
+    pixels8, pixels16 = _grey_ramp()
+    path8, path16 = tmp_path / "g8.png", tmp_path / "g16.png"
+    Image.fromarray(pixels8).save(path8)
+    Image.fromarray(pixels16).save(path16)
+    with Image.open(path16) as image:
+        assert image.mode.startswith("I")  # PIL's 16-bit grey
+    a = serving.load_image(path8, 40, 32)
+    b = serving.load_image(path16, 40, 32)
+    np.testing.assert_array_equal(a, b)
+    model, variables, _, _ = tiny
+    results = predict.predict_files(
+        model, variables, [str(path8), str(path16)],
+        [f"c{i}" for i in range(7)],
+        preprocessing=rx.Preprocessing(resize_size=40, crop_size=32))
+    first, second = (r["predictions"] for r in results)
+    assert [p["index"] for p in first] == [p["index"] for p in second]
+    np.testing.assert_allclose([p["probability"] for p in first],
+                               [p["probability"] for p in second], atol=1e-6)
+
+
+def test_served_model_refuses_integer_pixels(tmp_path, tiny):
+    model, variables, _, _ = tiny
+    path = tmp_path / "tiny.rxexport"
+    export.save_exported(path, model, variables, image_size=32)
+    served = serving.load(path)
+    pixels = np.full((1, 32, 32, 3), 200, np.uint8)
+    with pytest.raises(ValueError, match=r"floating point .*uint8"):
+        served(pixels)
+    with pytest.raises(ValueError, match=r"floating point .*int64"):
+        served(pixels.astype(np.int64).tolist())
+    assert served(pixels.astype(np.float32) / 255).shape == (1, 7)
+
+
+def test_predict_answers_the_good_images_and_names_the_bad(
+        tmp_path, tiny, capsys):
+    _, _, weights, _ = tiny
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    missing = tmp_path / "missing.png"
+    paths = [str(p) for p in (truncated, good, text, folder, missing)]
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+                      TINY_KWARGS, "--weights", weights, "--json", *SIZES,
+                      *paths])
+    assert "4 of 5 image(s) could not be read" in str(exit_info.value)
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [r["image"] for r in results] == paths
+    assert "predictions" in results[1] and len(results[1]["predictions"]) == 5
+    errors = {r["image"]: r.get("error", "") for r in results}
+    assert "cannot be read as an image" in errors[str(truncated)]
+    assert "cannot be read as an image" in errors[str(text)]
+    assert "directory" in errors[str(folder)]
+    assert "no such file" in errors[str(missing)]
+    for path in (truncated, text, folder, missing):
+        assert str(path) in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_damaged_safetensors_names_the_file(tmp_path, tiny, damage):
+    _, _, weights, _ = tiny
+    path = tmp_path / "damaged.safetensors"
+    data = open(weights, "rb").read()
+    path.write_bytes(os.urandom(4096) if damage == "random"
+                     else data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"damaged\.safetensors.*not a "
+                       r"readable \.safetensors"):
+        rx.read_state_dict(path)
+    with pytest.raises(SystemExit, match=r"^error: .*damaged\.safetensors"):
+        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+                      TINY_KWARGS, "--weights", str(path), "x.png"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "foreign_npz",
+                                    "pickled"])
+def test_damaged_export_is_one_clear_error(tmp_path, tiny, damage):
+    model, variables, _, _ = tiny
+    good = tmp_path / "good.rxexport"
+    export.save_exported(good, model, variables, image_size=32)
+    path = tmp_path / "bad.rxexport"
+    if damage == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "random":
+        path.write_bytes(os.urandom(5000))
+    elif damage == "foreign_npz":
+        with open(path, "wb") as f:
+            np.savez(f, weights=np.zeros(3))
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, meta=np.array([{"format": "x"}], dtype=object))
+    with pytest.raises(ValueError) as info:
+        serving.load(path)
+    message = str(info.value)
+    assert "bad.rxexport" in message and "not a readable" in message
+    assert "pickle" not in message.lower()
+
+
+def test_image_size_must_be_positive(capsys):
+    model = rx.create_model("resnext50_32x4d")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=r"image_size \(=.*\) must be a "
+                           "positive integer"):
+            rx.count_flops(model, image_size=bad)
+    with pytest.raises(ValueError, match="image_size"):
+        rx.summarize(model, image_size=0)
+    with pytest.raises(SystemExit):
+        summary.main(["resnext50_32x4d", "--image-size", "0"])
+    assert "--image-size (=0) must be a positive integer" in (
+        capsys.readouterr().err)
