@@ -27,9 +27,11 @@ memory: XLA's compiled memory analysis of each program (arguments + outputs
 reset. The JSON is rewritten after every row, so a run cut short keeps what
 it measured. Prints a table per part.
 
-    # On a machine with an NVIDIA GPU (about 10 minutes per part group):
+    # On a machine with an NVIDIA GPU (each line well under 10 minutes):
     python benchmarks/bench_gpu.py --parts sanity,conv,check --json gpu_a.json
     python benchmarks/bench_gpu.py --parts model --json gpu_b.json
+    python benchmarks/bench_gpu.py --parts model --batch-sizes 256 \
+        --dtypes bfloat16 --model-impls xla,hybrid_im2col --json gpu_c.json
     # Anywhere, tiny sizes (what CI runs):
     python benchmarks/bench_gpu.py --smoke --json /tmp/gpu_smoke.json
 """
@@ -55,7 +57,9 @@ import resnext_jax as rx
 STAGES = [("stage1", 56, 128), ("stage2", 28, 256), ("stage3", 14, 512),
           ("stage4", 7, 1024)]
 GROUPS = 32
-MODEL_IMPLS = ("xla", "hybrid_blockdiag", "hybrid_im2col", "dense")
+# The block-diagonal "dense" lowering multiplies the grouped 3x3's work by
+# the chunk size: a CPU lowering, timed on the model only when asked for.
+MODEL_IMPLS = ("xla", "hybrid_im2col", "hybrid_blockdiag")
 ALL_PARTS = ("sanity", "conv", "model", "check")
 
 
@@ -544,7 +548,7 @@ def part_check(args, results: Results):
             return logits, grads
 
         ref_logits, ref_grads = loss_and_grads("xla")
-        for impl in ["auto"] + list(args.model_impls):
+        for impl in args.check_impls:
             if impl == "xla":
                 continue
             logits, grads = _guarded(results, f"check {impl}",
@@ -585,7 +589,8 @@ def parse_args(argv=None):
                         help="lowerings for the model and check parts")
     parser.add_argument("--dtypes", type=_str_list,
                         default=["bfloat16", "float32"])
-    parser.add_argument("--batch-sizes", type=_int_list, default=[128, 256])
+    parser.add_argument("--batch-sizes", type=_int_list, default=[128],
+                        help="model part; e.g. 128,256 (each adds minutes)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--conv-batch", type=int, default=128)
     parser.add_argument("--chunks", type=_int_list, default=[1, 2, 4, 8, 16,
@@ -596,6 +601,9 @@ def parse_args(argv=None):
     parser.add_argument("--width-divisor", type=int, default=1,
                         help="divide the stage widths (smoke runs)")
     parser.add_argument("--check-batch", type=int, default=8)
+    parser.add_argument("--check-impls", type=_str_list,
+                        default=list(rx.CONV_IMPLS),
+                        help="lowerings compared with xla in the check part")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--train-iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
@@ -609,9 +617,9 @@ def parse_args(argv=None):
     unknown = sorted(set(args.parts) - set(ALL_PARTS))
     if unknown:
         parser.error(f"--parts {unknown} unknown; choose from {ALL_PARTS}")
-    for impl in args.model_impls:
+    for impl in args.model_impls + args.check_impls:
         if impl not in rx.CONV_IMPLS:
-            parser.error(f"--model-impls {impl!r} is not one of "
+            parser.error(f"lowering {impl!r} is not one of "
                          f"{rx.CONV_IMPLS}")
     if args.smoke:
         args.model_kwargs = {"stage_sizes": [1, 1, 1, 1], "cardinality": 8,
@@ -621,6 +629,7 @@ def parse_args(argv=None):
         args.chunks, args.check_batch = [4], 2
         args.dtypes = ["float32"]
         args.model_impls = ["xla", "hybrid_im2col"]
+        args.check_impls = ["auto", "hybrid_im2col"]
         args.iters, args.train_iters, args.repeats, args.warmup = 1, 1, 1, 1
         args.matmul_size, args.copy_mib = 256, 4
         args.torch_compile = False
