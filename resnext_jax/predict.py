@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from resnext_jax import serving
+from resnext_jax.compilation_cache import enable_compilation_cache
 from resnext_jax.bundle import (default_class_names, imagenet_class_names,
                                 load_pretrained)
 from resnext_jax.convert import parse_model_kwargs
@@ -184,6 +185,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of text")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     try:
         model, variables, class_names, preprocessing = load_model(args)
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:

@@ -9,7 +9,13 @@ try:
 except ImportError:  # Without the [torch] extra the parity tests skip.
     pass
 
-import jax
+import os
+
+# The commands the tests run in-process (predict, export) turn on jax's
+# persistent compilation cache; keep the tests' programs out of the user's.
+os.environ.setdefault("RESNEXT_JAX_CACHE_DIR", "off")
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import pytest
