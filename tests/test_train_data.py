@@ -147,3 +147,42 @@ def test_image_folder_run(tmp_path):
     assert summary["steps"] == 3 and summary["test_examples"] == 6
     _, _, names = restore_for_inference(tmp_path / "run")
     assert names == ["cat", "dog", "fox"]
+
+
+def test_predict_reproduces_the_eval_of_an_image_folder_run(tmp_path,
+                                                            capsys):
+    """The trainer's eval and predict --workdir see the same pixels and so
+    give the same answers: the run's eval accuracy, recounted by predict."""
+    import json
+    from resnext_jax import predict
+
+    root = tmp_path / "images"
+    for split, per_class in (("train", 8), ("val", 5)):
+        _write_folder(root / split, per_class=per_class)
+    config = _shrink(tiny_config(), dataset="folder", data_dir=str(root),
+                     image_size=16, num_train_steps=6, eval_batch_size=5,
+                     eval_every_steps=3)
+    source = data_lib.create_data_source(config)
+    files = sorted((root / "val").rglob("*.*"))
+    labels = [source.class_names.index(f.parent.name) for f in files]
+    # Eval batches hold exactly what the library's spec computes.
+    images = np.concatenate([b["image"][b["mask"] > 0]
+                             for b in source.eval_batches()])
+    expected = np.stack([source.preprocessing.load_image(f) for f in files])
+    np.testing.assert_array_equal(images, expected)
+
+    summary = loop.train_and_evaluate(config, tmp_path / "run")
+    assert (tmp_path / "run" / "model" / "model.json").is_file()
+    capsys.readouterr()  # The run's own output.
+    predict.main(["--workdir", str(tmp_path / "run"), "--json", "--top-k",
+                  "1", *map(str, files)])
+    results = json.loads(capsys.readouterr().out)
+    answers = [r["predictions"][0]["index"] for r in results]
+    correct = sum(a == label for a, label in zip(answers, labels))
+    assert summary["test_examples"] == len(files) == 15
+    assert correct == round(summary["test_accuracy"] * len(files))
+    # Answer by answer: the final state on the trainer's eval inputs.
+    from train.checkpoint import restore_for_inference
+    model, variables, _ = restore_for_inference(tmp_path / "run", "latest")
+    logits = model.apply(variables, images, train=False)
+    assert answers == np.argmax(logits, -1).tolist()

@@ -18,7 +18,7 @@ from train.checkpoint import CheckpointError, restore_for_inference
 from train.config_validation import validate_config, validate_data
 from train.metrics_io import read_metrics
 from train.nonfinite import NonFiniteError
-from train.workdir_compat import ConfigMismatchError
+from train.workdir import ConfigMismatchError
 from train_helpers import REPO, tiny_config
 
 STEPS = 24

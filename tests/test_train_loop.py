@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from train import loop
-from train.checkpoint import load_dataset_info, restore_for_inference
+from train.checkpoint import restore_for_inference
+from train.workdir import load_dataset_info
 from train.metrics_io import read_metrics
 from train.plot import plot_curves
 from train_helpers import run_python, tiny_config

@@ -15,9 +15,11 @@ from train_helpers import REPO, run_python
 
 _TRAIN = r"""
 import sys
+import train.__main__ as entry
 from train import loop
 from train_helpers import tiny_config
 config = tiny_config(num_train_steps=3, **KWARGS)
+entry.setup_process(config)  # Starts the distributed runtime.
 summary = loop.train_and_evaluate(config, WORKDIR)
 import jax
 print("devices", jax.device_count(), "processes", jax.process_count(),

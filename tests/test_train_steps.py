@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import optim, steps
+from train import mesh as mesh_lib, optim, steps
 from train.model_factory import build_model
 from train_helpers import run_python, tiny_config
 
@@ -16,9 +16,9 @@ def _setup(config, num_classes=10):
     model = build_model(config, num_classes)
     schedule = optim.create_learning_rate_schedule(config, 10, 100)
     tx = optim.create_optimizer(config, schedule)
-    mesh = steps.make_mesh()
+    mesh = mesh_lib.make_mesh()
     state = jax.jit(lambda r: steps.create_train_state(model, tx, r, IMAGE),
-                    out_shardings=steps.replicated(mesh))(
+                    out_shardings=mesh_lib.replicated(mesh))(
         jax.random.PRNGKey(0))
     return model, tx, schedule, mesh, state
 
@@ -36,13 +36,13 @@ def float32_parts():
     model = build_model(config, 10)
     schedule = optim.create_learning_rate_schedule(config, 10, 100)
     tx = optim.create_optimizer(config, schedule)
-    mesh = steps.make_mesh()
+    mesh = mesh_lib.make_mesh()
     init = jax.jit(lambda r: steps.create_train_state(model, tx, r, IMAGE),
-                   out_shardings=steps.replicated(mesh))
-    train_step = steps.data_parallel(
+                   out_shardings=mesh_lib.replicated(mesh))
+    train_step = mesh_lib.data_parallel(
         steps.make_train_step(model, tx, schedule), mesh, donate=True,
         has_state_output=True)
-    eval_step = steps.data_parallel(steps.make_eval_step(model), mesh,
+    eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh,
                                     donate=False, has_state_output=False)
     return model, lambda: init(jax.random.PRNGKey(0)), train_step, eval_step
 
@@ -96,7 +96,7 @@ def test_label_smoothing_by_value():
 def test_bfloat16_compute_keeps_float32_params_and_stats():
     config = tiny_config(compute_dtype="bfloat16", grad_accum_steps=2)
     model, tx, schedule, mesh, state = _setup(config)
-    step = steps.data_parallel(
+    step = mesh_lib.data_parallel(
         steps.make_train_step(model, tx, schedule, grad_accum_steps=2,
                               label_smoothing=0.1),
         mesh, donate=True, has_state_output=True)
@@ -113,7 +113,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stats():
 _EIGHT_DEVICES = r"""
 import json, sys, tempfile
 import jax, numpy as np
-from train import loop, optim, steps
+from train import loop, mesh as mesh_lib, optim, steps
 from train.checkpoint import restore_for_inference
 from train.model_factory import build_model
 from train_helpers import tiny_config
@@ -131,12 +131,12 @@ config.model_kwargs.conv_impl = "xla"
 model = build_model(config, 10)
 schedule = optim.create_learning_rate_schedule(config, 10, 100)
 tx = optim.create_optimizer(config, schedule)
-mesh = steps.make_mesh()
+mesh = mesh_lib.make_mesh()
 state = jax.eval_shape(lambda: steps.create_train_state(
     model, tx, jax.random.PRNGKey(0), 8))
 batch = {"image": jax.ShapeDtypeStruct((16, 8, 8, 3), np.float32),
          "label": jax.ShapeDtypeStruct((16,), np.int32)}
-step = steps.data_parallel(steps.make_train_step(model, tx, schedule), mesh,
+step = mesh_lib.data_parallel(steps.make_train_step(model, tx, schedule), mesh,
                            donate=True, has_state_output=True)
 hlo = step.lower(state, batch).compile().as_text()
 print(json.dumps({"workdir": workdir,

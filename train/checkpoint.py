@@ -1,15 +1,7 @@
 """Checkpoints of a training workdir: save, resume, load for inference.
 
-Layout of ``<workdir>``::
-
-  config.json          the config of the run
-  dataset.json         class names, image size, normalization
-  checkpoints/<step>/  latest train states (orbax), with metadata
-  best/<step>/         the state with the best eval accuracy so far
-  checksums/           SHA-256 of each checkpoint's files
-  damaged/             checkpoints found damaged on resume, set aside
-
-A checkpoint holds the whole :class:`~train.steps.TrainState` (params, BN
+``checkpoints/<step>/`` and ``best/<step>/`` of the workdir (see
+:mod:`train.workdir`). A checkpoint holds the whole :class:`~train.steps.TrainState` (params, BN
 statistics, optimizer state, step, rng) and JSON metadata; the input
 pipeline position is the step (see :mod:`train.data`).
 
@@ -21,7 +13,6 @@ readable the run stops rather than start over.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import time
@@ -29,18 +20,13 @@ from typing import Any
 
 import flax
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
 from train import checkpoint_integrity as integrity
 from train.steps import TrainState
-
-LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
-CONFIG_FILE = "config.json"
-DATASET_FILE = "dataset.json"
-DAMAGED_DIR = "damaged"
+from train.workdir import (BEST_DIR, DAMAGED_DIR, LATEST_DIR, load_config,
+                           load_dataset_info)
 
 
 class CheckpointError(RuntimeError):
@@ -157,30 +143,6 @@ class Checkpointer:
         self.best.close()
 
 
-def save_run_files(workdir: str | pathlib.Path,
-                   config: ml_collections.ConfigDict,
-                   dataset_info: dict) -> None:
-    """Writes ``config.json`` and ``dataset.json`` beside the checkpoints."""
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-    (workdir / DATASET_FILE).write_text(json.dumps(dataset_info, indent=2))
-
-
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a "
-                                "training workdir.")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_dataset_info(workdir: str | pathlib.Path) -> dict:
-    """Class names, image size and normalization of a workdir's data."""
-    return json.loads((pathlib.Path(workdir) / DATASET_FILE).read_text())
-
-
 def _local_target(state_dir: pathlib.Path):
     """Shapes and dtypes of a saved state, placed on this host's first
     device: a checkpoint saved by many devices or hosts loads anywhere."""
@@ -200,7 +162,8 @@ def restore_for_inference(workdir: str | pathlib.Path, which: str = "best"
     when none was kept) or the latest (``which="latest"``) and rebuilds the
     model from the saved config, without a BatchNorm axis. ``variables`` is
     ``{"params", "batch_stats"}``, ready for ``model.apply(variables, x)``.
-    Preprocessing (image size, mean, std) is in :func:`load_dataset_info`.
+    Outside the training program, load the run's model bundle instead
+    (``resnext_jax.load_pretrained(workdir)``).
     """
     from train.model_factory import build_model  # Avoids an import cycle.
 

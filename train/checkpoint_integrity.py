@@ -13,7 +13,7 @@ import hashlib
 import json
 import pathlib
 
-CHECKSUM_DIR = "checksums"
+from train.workdir import CHECKSUM_DIR
 
 
 def _digest(path: pathlib.Path) -> str:

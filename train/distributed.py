@@ -39,7 +39,11 @@ def settings(config: ml_collections.ConfigDict) -> dict | None:
 
 
 def initialize(config: ml_collections.ConfigDict) -> None:
-    """Starts the runtime if ``config``/environment ask for it (once)."""
+    """Starts the runtime if ``config``/environment ask for it (once).
+
+    A process-wide effect: the entry point calls it, before anything touches
+    a device.
+    """
     kwargs = settings(config)
     if kwargs is None or jax.distributed.is_initialized():
         return
@@ -47,3 +51,15 @@ def initialize(config: ml_collections.ConfigDict) -> None:
     # and TPU runs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+
+
+def check_initialized(config: ml_collections.ConfigDict) -> None:
+    """Raises ``RuntimeError`` when the config asks for a multi-process run
+    that was not started (a run would otherwise train alone, silently)."""
+    if settings(config) is not None and not jax.distributed.is_initialized():
+        raise RuntimeError(
+            "the config (or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+            "JAX_PROCESS_ID) asks for a multi-process run, but JAX's "
+            "distributed runtime is not started: call "
+            "train.distributed.initialize(config) first (python -m train "
+            "does).")

@@ -1,28 +1,52 @@
-"""``train_and_evaluate``: the training loop, the only place with effects
-(files, progress bar, checkpoints)."""
+"""``train_and_evaluate``: the training loop, the only place with effects on
+the workdir (checkpoints, metrics, the model bundle) and the terminal.
+
+Read top-down: :func:`train_and_evaluate` builds a :class:`Run` from the
+config (:func:`setup`), restores the latest checkpoint, then runs one train
+step after another, after each of which :class:`PeriodicActions` does what
+is due (log, evaluate, save, stop on SIGTERM), and ends with the summary.
+Process-wide effects (the distributed runtime, TensorFlow's devices) belong
+to the entry point, ``train/__main__.py``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
-import json
 import math
 import pathlib
 import time
+from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from train import (checkpoint, data as data_lib, distributed, optim, steps,
-                   workdir_compat)
+from train import (bundle, checkpoint, data as data_lib, distributed,
+                   mesh as mesh_lib, optim, steps, workdir as workdir_lib)
 from train.config_validation import validate_config, validate_data
-from train.nonfinite import NonFiniteGuard
-from train.preemption import PreemptionWatcher
 from train.metrics_io import MetricWriter
 from train.model_factory import build_model
+from train.nonfinite import NonFiniteGuard
+from train.preemption import PreemptionWatcher
 
-SUMMARY_FILE = "summary.json"
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything built from the config before the first step."""
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    mesh: Mesh
+    source: data_lib.DataSource
+    total_steps: int
+    eval_every: int
+    init_state: Callable
+    train_step: Callable
+    eval_step: Callable
+    is_writer: bool  # Process 0 writes the run files, metrics, bundle.
 
 
 def total_train_steps(config: ml_collections.ConfigDict,
@@ -32,10 +56,46 @@ def total_train_steps(config: ml_collections.ConfigDict,
     return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
 
 
-def evaluate(eval_step, state, source: data_lib.DataSource, mesh) -> dict:
+def setup(config: ml_collections.ConfigDict,
+          workdir: str | pathlib.Path) -> Run:
+    """Checks the config against the devices, data and workdir; builds the
+    data source, model, optimizer and compiled steps. Writes nothing."""
+    distributed.check_initialized(config)
+    mesh = mesh_lib.make_mesh()
+    validate_config(config, num_devices=mesh.size,
+                    num_processes=jax.process_count())
+    source = data_lib.create_data_source(config)
+    validate_data(config, source)
+    workdir_lib.check_compatible(workdir, config, source.num_classes)
+    total_steps = total_train_steps(config, source.steps_per_epoch)
+    model = build_model(config, source.num_classes)
+    schedule = optim.create_learning_rate_schedule(
+        config, source.steps_per_epoch, total_steps)
+    tx = optim.create_optimizer(config, schedule)
+    init = jax.jit(functools.partial(
+        steps.create_train_state, model, tx, image_size=source.image_size),
+        out_shardings=mesh_lib.replicated(mesh))
+    train_step = mesh_lib.data_parallel(
+        steps.make_train_step(model, tx, schedule,
+                              label_smoothing=config.label_smoothing,
+                              grad_accum_steps=config.grad_accum_steps),
+        mesh, donate=True, has_state_output=True)
+    eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh,
+                                       donate=False, has_state_output=False)
+    return Run(
+        config=config, workdir=pathlib.Path(workdir), mesh=mesh,
+        source=source, total_steps=total_steps,
+        eval_every=(config.eval_every_steps if config.eval_every_steps > 0
+                    else source.steps_per_epoch),
+        init_state=lambda: init(jax.random.PRNGKey(config.seed)),
+        train_step=train_step, eval_step=eval_step, is_writer=jax.process_index() == 0)
+
+
+def evaluate(eval_step, state, source: data_lib.DataSource,
+             mesh: Mesh) -> dict:
     """Mean loss and accuracy over the whole eval split (padding masked)."""
     totals = None
-    for batch in data_lib.prefetch_to_mesh(source.eval_batches(), mesh):
+    for batch in mesh_lib.prefetch_to_mesh(source.eval_batches(), mesh):
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(
             lambda a, b: a + b, totals, sums)
@@ -44,6 +104,42 @@ def evaluate(eval_step, state, source: data_lib.DataSource, mesh) -> dict:
     return {"loss": float(totals["loss_sum"]) / count,
             "accuracy": float(totals["correct"]) / count,
             "num_examples": count}
+
+
+class Throughput:
+    """Training images per second, leaving out the first step (it
+    compiles) and the time spent evaluating and saving."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.seconds = 0.0
+        self.images = 0
+        self._mark = None
+        self._mark_step = 0
+
+    @property
+    def started(self) -> bool:
+        return self._mark is not None
+
+    def start(self, step: int) -> None:
+        self._mark, self._mark_step = time.time(), step
+
+    def lap(self, step: int) -> float:
+        """Images per second since the last lap; counts them in the total."""
+        now = time.time()
+        images = (step - self._mark_step) * self.batch_size
+        self.seconds += now - self._mark
+        self.images += images
+        rate = images / max(now - self._mark, 1e-9)
+        self._mark, self._mark_step = now, step
+        return rate
+
+    def exclude_since_lap(self) -> None:
+        """Time since the last lap was not training (eval, saving)."""
+        self._mark = time.time()
+
+    def overall(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None
 
 
 def _mean_metrics(host: list[dict]) -> dict:
@@ -56,6 +152,113 @@ def _mean_metrics(host: list[dict]) -> dict:
     return out
 
 
+class PeriodicActions:
+    """What is due after a train step: check for non-finite steps and
+    SIGTERM, log train metrics, evaluate (and keep the best), save."""
+
+    def __init__(self, run: Run, *, start_step: int, end_step: int,
+                 best_accuracy: float, checkpoints: checkpoint.Checkpointer,
+                 writer: MetricWriter | None, bar: tqdm,
+                 preemption: PreemptionWatcher):
+        self.run, self.end_step = run, end_step
+        self.checkpoints, self.writer, self.bar = checkpoints, writer, bar
+        self.preemption = preemption
+        self.best_accuracy = best_accuracy
+        self.eval_metrics = None
+        self.preempted = False
+        self.throughput = Throughput(run.config.batch_size)
+        self.guard = NonFiniteGuard(run.config.max_consecutive_nonfinite)
+        self.bundle_step = None  # Step of the state in the model bundle.
+        self._metrics = []  # Train metrics since the last log, on device.
+        self._flags, self._flags_from = [], start_step + 1
+
+    def after_step(self, done: int, state, metrics) -> bool:
+        """Runs what is due after step ``done`` (1-based); True to stop."""
+        config = self.run.config
+        self._metrics.append(metrics)
+        self._flags.append(metrics["nonfinite"])
+        if not self.throughput.started:
+            jax.block_until_ready(state.step)
+            self.throughput.start(done)
+            self._metrics = []
+        do_eval = done % self.run.eval_every == 0 or (
+            done == self.run.total_steps)
+        do_save = done % config.checkpoint_every_steps == 0 or (
+            done == self.end_step)
+        if done % config.log_every_steps == 0 or do_eval or do_save:
+            # Before any save: a run that must stop keeps its last good
+            # checkpoint as it was.
+            self._check_nonfinite(done)
+            do_save = self._check_preemption(done) or do_save
+            self._log_train(done)
+        self.bar.update(1)
+        if do_eval:
+            self._evaluate(done, state)
+        if do_save:
+            self.checkpoints.save(state, self.metadata(state))
+        if do_eval or do_save:
+            self.throughput.exclude_since_lap()
+        return self.preempted
+
+    def metadata(self, state) -> dict:
+        return {"best_eval_accuracy": self.best_accuracy,
+                "epoch": (int(jax.device_get(state.step))
+                          / self.run.source.steps_per_epoch),
+                "total_steps": self.run.total_steps}
+
+    def save_bundle(self, state, step: int) -> None:
+        """``<workdir>/model/`` from ``state`` (process 0)."""
+        if self.run.is_writer and self.bundle_step != step:
+            bundle.save_model(
+                self.run.workdir, self.run.config, state.params,
+                state.batch_stats, class_names=self.run.source.class_names,
+                preprocessing=self.run.source.preprocessing,
+                extra={"step": step, "eval_accuracy": (
+                    self.eval_metrics or {}).get("accuracy")})
+        self.bundle_step = step
+
+    def _check_nonfinite(self, done: int) -> None:
+        flags = [float(f) for f in jax.device_get(self._flags)]
+        self.guard.update(self._flags_from, flags)
+        self._flags, self._flags_from = [], done + 1
+
+    def _check_preemption(self, done: int) -> bool:
+        if self.preempted or not self.preemption.requested():
+            return False
+        self.preempted = True
+        print(f"Preempted (SIGTERM): saving a checkpoint at step {done} and "
+              "exiting; run the same command to resume.", flush=True)
+        return True
+
+    def _log_train(self, done: int) -> None:
+        if not self._metrics:
+            return
+        logged = _mean_metrics(jax.device_get(self._metrics))
+        logged["examples_per_second"] = self.throughput.lap(done)
+        self._metrics = []
+        if self.writer:
+            self.writer.write(done, "train", logged)
+        self.bar.set_postfix(loss=f"{logged['loss']:.4f}",
+                             acc=f"{logged['accuracy']:.3f}",
+                             lr=f"{logged['learning_rate']:.4g}",
+                             img_s=f"{logged['examples_per_second']:.0f}")
+
+    def _evaluate(self, done: int, state) -> None:
+        self.eval_metrics = evaluate(self.run.eval_step, state,
+                                     self.run.source, self.run.mesh)
+        if self.writer:
+            self.writer.write(done, "eval", {
+                "loss": self.eval_metrics["loss"],
+                "accuracy": self.eval_metrics["accuracy"]})
+        self.bar.write(f"step {done}: eval loss "
+                       f"{self.eval_metrics['loss']:.4f}, accuracy "
+                       f"{100 * self.eval_metrics['accuracy']:.2f}%")
+        if self.eval_metrics["accuracy"] > self.best_accuracy:
+            self.best_accuracy = self.eval_metrics["accuracy"]
+            self.checkpoints.save(state, self.metadata(state), best=True)
+            self.save_bundle(state, done)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str | pathlib.Path, *,
                        stop_at_step: int | None = None) -> dict:
@@ -65,190 +268,120 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ``stop_at_step`` ends this run early at that step, with a checkpoint,
     as a preempted run would (the schedule still spans the full run).
     SIGTERM does the same at the next step, with ``summary["preempted"]``.
-    ``<workdir>/summary.json`` is written when the run completes.
+    A completed run writes ``<workdir>/summary.json`` and the model bundle
+    ``<workdir>/model/`` (also written at every new best eval).
     """
-    with PreemptionWatcher() as preemption:
-        return _train_and_evaluate(config, workdir, stop_at_step, preemption)
-
-
-def _train_and_evaluate(config, workdir, stop_at_step, preemption) -> dict:
     wall_start = time.time()
-    workdir = pathlib.Path(workdir)
-    distributed.initialize(config)
-    mesh = steps.make_mesh()
-    validate_config(config, num_devices=mesh.size,
-                    num_processes=jax.process_count())
-    is_writer = jax.process_index() == 0
+    run = setup(config, workdir)
+    # Whatever ends the run (done, SIGTERM, an error), what was opened is
+    # closed, in reverse order.
+    with contextlib.ExitStack() as resources:
+        preemption = resources.enter_context(PreemptionWatcher())
+        checkpoints = resources.enter_context(contextlib.closing(
+            checkpoint.Checkpointer(run.workdir, config.keep_checkpoints)))
+        state, best_accuracy, resumed = _restore(run, checkpoints)
+        start_step = int(jax.device_get(state.step))
+        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        finished = workdir_lib.read_summary(run.workdir)
+        if start_step >= run.total_steps and finished is not None:
+            return _report_finished(run, start_step, finished)
+        if run.is_writer:
+            workdir_lib.save_run_files(run.workdir, config, run.source.info())
+            if resumed:
+                print(f"Resuming from step {start_step} of "
+                      f"{run.total_steps} "
+                      f"({run.workdir / workdir_lib.LATEST_DIR}).")
+        writer = resources.enter_context(contextlib.closing(
+            MetricWriter(run.workdir))) if run.is_writer else None
+        bar = resources.enter_context(contextlib.closing(tqdm(
+            total=run.total_steps, initial=start_step, unit="step",
+            disable=not (config.progress_bar and run.is_writer),
+            dynamic_ncols=True, desc="train")))
+        end_step = run.total_steps if stop_at_step is None else min(
+            run.total_steps, max(stop_at_step, start_step))
+        actions = PeriodicActions(
+            run, start_step=start_step, end_step=end_step,
+            best_accuracy=best_accuracy, checkpoints=checkpoints,
+            writer=writer, bar=bar, preemption=preemption)
 
-    source = data_lib.create_data_source(config)
-    validate_data(config, source)
-    workdir_compat.check(workdir, config, source.num_classes)
-    steps_per_epoch = source.steps_per_epoch
-    total_steps = total_train_steps(config, steps_per_epoch)
-    eval_every = (config.eval_every_steps if config.eval_every_steps > 0
-                  else steps_per_epoch)
-    model = build_model(config, source.num_classes)
-    schedule = optim.create_learning_rate_schedule(config, steps_per_epoch,
-                                                   total_steps)
-    tx = optim.create_optimizer(config, schedule)
+        batches = mesh_lib.prefetch_to_mesh(data_lib.inject_nonfinite(
+            run.source.train_batches(start_step), start_step,
+            config.inject_nonfinite_steps), run.mesh)
+        for step in range(start_step, end_step):
+            state, metrics = run.train_step(state, next(batches))
+            if actions.after_step(step + 1, state, metrics):
+                break
+        bar.close()
 
-    init = jax.jit(functools.partial(
-        steps.create_train_state, model, tx, image_size=source.image_size),
-        out_shardings=steps.replicated(mesh))
-    state = init(jax.random.PRNGKey(config.seed))
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-
-    checkpoints = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-    best_accuracy = -1.0
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-        state, meta = restored
-        best_accuracy = meta.get("best_eval_accuracy", -1.0)
-    start_step = int(jax.device_get(state.step))
-    summary_file = workdir / SUMMARY_FILE
-    if start_step >= total_steps and summary_file.exists():
-        # A finished run: report its summary instead of re-evaluating and
-        # overwriting its figures (throughput, wall time) with a no-op run's.
-        summary = json.loads(summary_file.read_text())
-        summary.setdefault("preempted", False)
-        if is_writer:
-            print(f"Already finished at step {start_step}.")
-            print(summary_line(summary))
-        return summary
-    if is_writer:
-        checkpoint.save_run_files(workdir, config, source.info())
-        if restored is not None:
-            print(f"Resuming from step {start_step} of {total_steps} "
-                  f"({workdir / checkpoint.LATEST_DIR}).")
-    writer = MetricWriter(workdir) if is_writer else None
-
-    train_step = steps.data_parallel(
-        steps.make_train_step(model, tx, schedule,
-                              label_smoothing=config.label_smoothing,
-                              grad_accum_steps=config.grad_accum_steps),
-        mesh, donate=True, has_state_output=True)
-    eval_step = steps.data_parallel(steps.make_eval_step(model), mesh,
-                                    donate=False, has_state_output=False)
-
-    end_step = total_steps if stop_at_step is None else min(
-        total_steps, max(stop_at_step, start_step))
-
-    def metadata():
-        return {"best_eval_accuracy": best_accuracy,
-                "epoch": int(jax.device_get(state.step)) / steps_per_epoch,
-                "total_steps": total_steps}
-
-    train_seconds, timed_images = 0.0, 0
-    eval_metrics = None
-    host_batches = data_lib.inject_nonfinite(
-        source.train_batches(start_step), start_step,
-        config.inject_nonfinite_steps)
-    batches = data_lib.prefetch_to_mesh(host_batches, mesh)
-    guard = NonFiniteGuard(config.max_consecutive_nonfinite)
-    preempted = False
-    bar = tqdm(total=total_steps, initial=start_step, unit="step",
-               disable=not (config.progress_bar and is_writer),
-               dynamic_ncols=True, desc="train")
-    pending, mark, mark_step = [], None, start_step
-    flags, flags_from = [], start_step + 1  # Non-finite flags, unchecked.
-    for step in range(start_step, end_step):
-        state, metrics = train_step(state, next(batches))
-        pending.append(metrics)
-        flags.append(metrics["nonfinite"])
-        done = step + 1
-        if mark is None:  # The first step compiles: keep it out of img/s.
-            jax.block_until_ready(state.step)
-            mark, mark_step, pending = time.time(), done, []
-        do_eval = done % eval_every == 0 or done == total_steps
-        do_save = done % config.checkpoint_every_steps == 0 or done == end_step
-        do_log = done % config.log_every_steps == 0 or do_eval or do_save
-        if do_log:
-            # Before any save: a run that must stop keeps its last good
-            # checkpoint as it was.
-            guard.update(flags_from, [float(f) for f in
-                                      jax.device_get(flags)])
-            flags, flags_from = [], done + 1
-            if not preempted and preemption.requested():
-                preempted, do_save = True, True
-                print(f"Preempted (SIGTERM): saving a checkpoint at step "
-                      f"{done} and exiting; run the same command to resume.",
-                      flush=True)
-        if pending and do_log:
-            logged = _mean_metrics(jax.device_get(pending))
-            now = time.time()
-            images = (done - mark_step) * config.batch_size
-            train_seconds += now - mark
-            timed_images += images
-            logged["examples_per_second"] = images / max(now - mark, 1e-9)
-            mark, mark_step, pending = now, done, []
-            if writer:
-                writer.write(done, "train", logged)
-            bar.set_postfix(loss=f"{logged['loss']:.4f}",
-                            acc=f"{logged['accuracy']:.3f}",
-                            lr=f"{logged['learning_rate']:.4g}",
-                            img_s=f"{logged['examples_per_second']:.0f}")
-        bar.update(1)
-        if do_eval:
-            eval_metrics = evaluate(eval_step, state, source, mesh)
-            if writer:
-                writer.write(done, "eval", {
-                    "loss": eval_metrics["loss"],
-                    "accuracy": eval_metrics["accuracy"]})
-            bar.write(f"step {done}: eval loss {eval_metrics['loss']:.4f}, "
-                      f"accuracy {100 * eval_metrics['accuracy']:.2f}%")
-            if eval_metrics["accuracy"] > best_accuracy:
-                best_accuracy = eval_metrics["accuracy"]
-                checkpoints.save(state, metadata(), best=True)
-        if do_save:
-            checkpoints.save(state, metadata())
-        if do_eval or do_save:
-            mark = time.time()  # Eval and saving are not training time.
-        if preempted:
-            break
-    bar.close()
-
-    final_step = int(jax.device_get(state.step))
-    completed = final_step >= total_steps
-    if completed and eval_metrics is None:  # Resumed a finished run.
-        eval_metrics = evaluate(eval_step, state, source, mesh)
-    if final_step > start_step or checkpoints.latest_step() is None:
-        checkpoints.save(state, metadata())
-    checkpoints.close()
-    summary = {
-        "completed": completed,
-        "preempted": preempted,
-        "nonfinite_steps": guard.total,
-        "steps": final_step,
-        "total_steps": total_steps,
-        "epochs": final_step / steps_per_epoch,
-        "test_accuracy": eval_metrics["accuracy"] if eval_metrics else None,
-        "test_loss": eval_metrics["loss"] if eval_metrics else None,
-        "test_examples": eval_metrics["num_examples"] if eval_metrics
-        else None,
-        "best_test_accuracy": best_accuracy if best_accuracy >= 0 else None,
-        "examples_per_second": (timed_images / train_seconds
-                                if train_seconds else None),
-        "train_seconds": train_seconds,
-        "wall_seconds": time.time() - wall_start,
-        "dataset": source.name,
-        "model": config.model,
-        "num_params": int(num_params),
-        "num_devices": mesh.size,
-        "batch_size": config.batch_size,
-    }
-    if writer:
-        writer.close()
+        final_step = int(jax.device_get(state.step))
+        completed = final_step >= run.total_steps
+        if completed and actions.eval_metrics is None:  # Resumed at the end.
+            actions.eval_metrics = evaluate(run.eval_step, state, run.source,
+                                            run.mesh)
+        if final_step > start_step or checkpoints.latest_step() is None:
+            checkpoints.save(state, actions.metadata(state))
         if completed:
-            (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            actions.save_bundle(state, final_step)
+        summary = _summary(run, actions, final_step, completed, num_params,
+                           wall_start)
+        if run.is_writer and completed:
+            workdir_lib.write_summary(run.workdir, summary)
             print(summary_line(summary))
     return summary
 
 
+def _restore(run: Run, checkpoints: checkpoint.Checkpointer):
+    """``(state, best accuracy, resumed)``: the latest intact checkpoint's,
+    or a fresh state."""
+    state = run.init_state()
+    restored = checkpoints.restore_latest(state)
+    if restored is None:
+        return state, -1.0, False
+    state, meta = restored
+    return state, meta.get("best_eval_accuracy", -1.0), True
+
+
+def _report_finished(run: Run, step: int, summary: dict) -> dict:
+    """A finished run reports its summary instead of re-evaluating and
+    overwriting its figures (throughput, wall time) with a no-op run's."""
+    summary.setdefault("preempted", False)
+    if run.is_writer:
+        print(f"Already finished at step {step}.")
+        print(summary_line(summary))
+    return summary
+
+
+def _summary(run: Run, actions: PeriodicActions, final_step: int,
+             completed: bool, num_params: int, wall_start: float) -> dict:
+    metrics = actions.eval_metrics or {}
+    return {
+        "completed": completed,
+        "preempted": actions.preempted,
+        "nonfinite_steps": actions.guard.total,
+        "steps": final_step,
+        "total_steps": run.total_steps,
+        "epochs": final_step / run.source.steps_per_epoch,
+        "test_accuracy": metrics.get("accuracy"),
+        "test_loss": metrics.get("loss"),
+        "test_examples": metrics.get("num_examples"),
+        "best_test_accuracy": (actions.best_accuracy
+                               if actions.best_accuracy >= 0 else None),
+        "examples_per_second": actions.throughput.overall(),
+        "train_seconds": actions.throughput.seconds,
+        "wall_seconds": time.time() - wall_start,
+        "dataset": run.source.name,
+        "model": run.config.model,
+        "num_params": int(num_params),
+        "num_devices": run.mesh.size,
+        "batch_size": run.config.batch_size,
+    }
+
+
 def summary_line(summary: dict) -> str:
+    line = (f"done: test accuracy {100 * summary['test_accuracy']:.2f}% | "
+            f"test loss {summary['test_loss']:.4f} | {summary['steps']} "
+            "steps")
     ips = summary["examples_per_second"]
-    return (f"done: test accuracy {100 * summary['test_accuracy']:.2f}% | "
-            f"test loss {summary['test_loss']:.4f} | {summary['steps']} steps"
-            f" | {ips:.0f} img/s | {summary['wall_seconds']:.0f} s"
-            if ips else
-            f"done: test accuracy {100 * summary['test_accuracy']:.2f}% | "
-            f"test loss {summary['test_loss']:.4f} | {summary['steps']} steps")
+    if ips:
+        line += f" | {ips:.0f} img/s | {summary['wall_seconds']:.0f} s"
+    return line

@@ -6,7 +6,7 @@ import json
 import pathlib
 import time
 
-METRICS_FILE = "metrics.jsonl"
+from train.workdir import METRICS_FILE, TENSORBOARD_DIR
 
 
 class MetricWriter:
@@ -21,7 +21,7 @@ class MetricWriter:
 
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._tb = SummaryWriter(str(workdir / TENSORBOARD_DIR))
         self._jsonl = open(workdir / METRICS_FILE, "a", encoding="utf-8")
 
     def write(self, step: int, split: str, metrics: dict) -> None:

@@ -7,7 +7,7 @@ import ml_collections
 
 import resnext_jax
 
-from train.steps import AXIS
+from train.mesh import AXIS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -3,13 +3,8 @@
 ``train_step(state, batch) -> (state, metrics)`` and
 ``eval_step(state, batch) -> metrics`` are pure functions of arrays. They
 are written for one device's shard of the batch and reduce across the
-``data`` mesh axis with ``lax.pmean``/``psum``; :func:`data_parallel` runs
-them with ``jax.shard_map`` over every device (one device included) and
-compiles them once with ``jax.jit``.
-
-A per-device program rather than ``jit`` with a sharded batch: XLA's SPMD
-partitioner replicates grouped convolutions (openxla/xla#47945) and would
-all-gather the activations of every ResNeXt block.
+``data`` mesh axis with ``lax.pmean``/``psum``;
+:func:`train.mesh.data_parallel` runs them over every device.
 """
 
 from __future__ import annotations
@@ -20,12 +15,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXIS = "data"
+from train.mesh import AXIS
 
 
 @flax.struct.dataclass
@@ -176,30 +169,3 @@ def make_eval_step(model: nn.Module,
         return lax.psum(sums, axis_name) if axis_name else sums
 
     return eval_step
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over all devices (of all processes) named ``data``."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(AXIS))
-
-
-def data_parallel(step: Callable, mesh: Mesh, *, donate: bool,
-                  has_state_output: bool) -> Callable:
-    """``jit(shard_map(step))``: state replicated, batch split on ``data``.
-
-    ``check_vma=False`` keeps the classic per-device semantics (as in
-    ``pmap``): gradients are per-device until the explicit ``pmean``.
-    """
-    out_specs = (P(), P()) if has_state_output else P()
-    mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
-                           out_specs=out_specs, check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,) if donate else ())

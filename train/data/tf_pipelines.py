@@ -1,6 +1,10 @@
 """tf.data pipelines: TFDS data sets (CIFAR, ImageNet, Imagenette) and image
 folders, with the standard augmentations.
 
+Eval images go through the library's preprocessing spec
+(:class:`resnext_jax.Preprocessing`, PIL), the very function that predict,
+export and serving apply, so that a trained model answers the same there.
+
 Augmentation randomness is stateless, seeded by ``(seed, epoch, host)`` and
 the example's index in the epoch, and the shuffle is seeded per epoch; so
 the batches of any step can be rebuilt exactly, which is how a restarted run
@@ -9,6 +13,7 @@ resumes its data position (``train_batches(start_step)``).
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 from typing import Iterator
@@ -17,26 +22,20 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from resnext_jax import Preprocessing
 
 from train.config_validation import dataset_family
-from train.data import (Batch, DataSource, local_batch_size, num_eval_steps,
-                        padded_eval_batches, seed_for)
-from train.image_check import filter_images
+from train.data.image_check import filter_images
+from train.data.source import (Batch, DataSource, local_batch_size,
+                               num_eval_steps, padded_eval_batches, seed_for)
 
-# TensorFlow only feeds data here; keep it off any accelerator.
-tf.config.set_visible_devices([], "GPU")
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EVAL_CROP_FRACTION = 0.875  # 224 / 256.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 # ---------------------------------------------------------------------------
-# Preprocessing (per example, float32 output, normalized).
+# Per example, float32 output, normalized: train augmentation, and the
+# eval spec (the library's, through PIL).
 
 def _decode(image: tf.Tensor) -> tf.Tensor:
     """Encoded bytes (JPEG/PNG) or uint8 pixels -> uint8 HWC, 3 channels."""
@@ -68,13 +67,6 @@ def cifar_train(image, seed, size, mean, std):
     return _normalize(image, mean, std)
 
 
-def cifar_eval(image, size, mean, std):
-    image = tf.cast(_decode(image), tf.float32)
-    if image.shape[0] != size or image.shape[1] != size:
-        image = tf.image.resize(image, [size, size], antialias=True)
-    return _normalize(image, mean, std)
-
-
 def inception_train(image, seed, size, mean, std):
     """Random-resized crop (area 8-100%, aspect 3/4-4/3), resize, flip."""
     image = _decode(image)
@@ -92,20 +84,36 @@ def inception_train(image, seed, size, mean, std):
     return _normalize(image, mean, std)
 
 
-def inception_eval(image, size, mean, std):
-    """Resize the short side to size/0.875 (256 for 224), center crop."""
-    image = _decode(image)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    resize = round(size / EVAL_CROP_FRACTION)
-    scale = resize / tf.reduce_min(shape)
-    new_shape = tf.cast(tf.math.ceil(shape * scale), tf.int32)
-    image = tf.image.resize(image, new_shape, method="bicubic")
-    top = (new_shape[0] - size) // 2
-    left = (new_shape[1] - size) // 2
-    image = image[top:top + size, left:left + size]
-    image.set_shape([size, size, 3])
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    return _normalize(image, mean, std)
+def spec_eval(preprocessing: Preprocessing):
+    """Encoded bytes or uint8 pixels -> the spec's float32 input, computed
+    by the library (PIL) inside the pipeline."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    def apply(image) -> np.ndarray:
+        if isinstance(image, (bytes, np.bytes_)) or image.dtype == object:
+            data = image if isinstance(image, bytes) else image.item()
+            pil = Image.open(io.BytesIO(data))
+        else:
+            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1
+                                  else image)
+        with pil:
+            return preprocessing(pil)
+
+    size = preprocessing.crop_size
+
+    def fn(image):
+        out = tf.numpy_function(apply, [image], tf.float32, stateful=False)
+        out.set_shape([size, size, 3])
+        return out
+    return fn
+
+
+def eval_preprocessing(kind: str, size: int) -> Preprocessing:
+    """The eval spec of a preprocessing kind at ``size``: CIFAR's whole
+    image, or ImageNet's center crop of 87.5%."""
+    if kind == "cifar":
+        return Preprocessing.cifar(size)
+    return Preprocessing.imagenet(size)
 
 
 def resolve_preprocess(config) -> str:
@@ -271,11 +279,11 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
     if kind == "digits":
         raise ValueError("config.preprocess (='digits') only applies to "
                          "config.dataset='digits'.")
-    mean, std = ((CIFAR_MEAN, CIFAR_STD) if kind == "cifar"
-                 else (IMAGENET_MEAN, IMAGENET_STD))
     size = config.image_size
+    preprocessing = eval_preprocessing(kind, size)
+    mean, std = preprocessing.mean, preprocessing.std
     train_fn = cifar_train if kind == "cifar" else inception_train
-    eval_fn = cifar_eval if kind == "cifar" else inception_eval
+    eval_fn = spec_eval(preprocessing)
 
     local = local_batch_size(config.batch_size, process_count, "batch_size")
     host_examples = n_train // process_count
@@ -296,7 +304,7 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
             if config.augment:
                 image = train_fn(ex["image"], seed, size, mean, std)
             else:
-                image = eval_fn(ex["image"], size, mean, std)
+                image = eval_fn(ex["image"])
             return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
         ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE,
@@ -317,7 +325,7 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
 
     def eval_batches() -> Iterator[Batch]:
         ds = eval_ds.map(
-            lambda ex: {"image": eval_fn(ex["image"], size, mean, std),
+            lambda ex: {"image": eval_fn(ex["image"]),
                         "label": tf.cast(ex["label"], tf.int32)},
             num_parallel_calls=AUTOTUNE)
         ds = ds.batch(local_eval).prefetch(AUTOTUNE)
@@ -325,8 +333,8 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
                                    n_eval_steps)
 
     return DataSource(
-        name=config.dataset, class_names=class_names, image_size=size,
-        mean=tuple(mean), std=tuple(std), num_train_examples=n_train,
+        name=config.dataset, class_names=class_names,
+        preprocessing=preprocessing, num_train_examples=n_train,
         num_eval_examples=n_eval, steps_per_epoch=steps_per_epoch,
         num_eval_steps=n_eval_steps, train_batches=train_batches,
         eval_batches=eval_batches)

@@ -1,0 +1,61 @@
+"""Input pipelines: the embedded digits, TFDS data sets and image folders.
+
+``create_data_source(config)`` gives the :class:`DataSource` a config names.
+TensorFlow (TFDS, image folders) is imported only for the sources that
+need it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from train.config_validation import dataset_family
+from train.data.digits import create_digits_source
+from train.data.source import Batch, DataSource
+
+__all__ = ("Batch", "DataSource", "create_data_source",
+           "hide_accelerators_from_tensorflow", "inject_nonfinite",
+           "needs_tensorflow")
+
+
+def needs_tensorflow(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config's data come through tf.data."""
+    return dataset_family(config.dataset) != "digits"
+
+
+def hide_accelerators_from_tensorflow() -> None:
+    """TensorFlow only feeds data: keep it off the GPUs, which JAX owns.
+
+    A process-wide effect, for the entry point (before JAX allocates)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.config.set_visible_devices([], "GPU")
+
+
+def create_data_source(config: ml_collections.ConfigDict,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> DataSource:
+    """The data set named by ``config.dataset``, sharded for this host."""
+    process_index = (jax.process_index() if process_index is None
+                     else process_index)
+    process_count = (jax.process_count() if process_count is None
+                     else process_count)
+    if not needs_tensorflow(config):
+        return create_digits_source(config, process_index, process_count)
+    from train.data import tf_pipelines  # pylint: disable=import-outside-toplevel
+    return tf_pipelines.create_tf_source(config, process_index,
+                                         process_count)
+
+
+def inject_nonfinite(batches: Iterator[Batch], start_step: int,
+                     bad_steps) -> Iterator[Batch]:
+    """Replaces the images of the batches of steps ``bad_steps`` (1-based,
+    as logged) with NaNs: how tests exercise the non-finite guard."""
+    bad_steps = set(int(s) for s in bad_steps)
+    for step, batch in enumerate(batches, start_step + 1):
+        if step in bad_steps:
+            batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        yield batch
