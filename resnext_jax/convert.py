@@ -403,7 +403,7 @@ def _architecture_hint(model, missing, unexpected) -> str:
 def to_torch_state_dict(variables: Mapping, model: ResNeXt, *,
                         num_batches_tracked: bool = True
                         ) -> dict[str, np.ndarray]:
-    """Our variables as a torchvision-compatible state dict of numpy arrays.
+    """Our variables as a torchvision/timm-named state dict of numpy arrays.
 
     Load it in PyTorch with ``tv_model.load_state_dict({k: torch.from_numpy(v)
     for k, v in sd.items()})``. Variables of a form-A/B model are converted to
@@ -447,7 +447,7 @@ def to_torch_state_dict(variables: Mapping, model: ResNeXt, *,
 
 def save_safetensors(variables: Mapping, model: ResNeXt,
                      path: str | os.PathLike) -> None:
-    """Writes variables as a torchvision-named ``.safetensors`` file."""
+    """Writes variables as a torchvision/timm-named ``.safetensors`` file."""
     try:
         from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
     except ImportError as e:
