@@ -137,6 +137,17 @@ def test_timm_names_round_trip_through_safetensors(name, tmp_path):
     assert not any(k.startswith("layer2.0.downsample.0.") for k in keys)
 
 
+def test_cpu_lowering_computes_the_same_variant():
+    xla = _tiny("seresnext26t_32x4d")
+    variables = random_variables(xla, seed=4)
+    images = jax.random.normal(jax.random.PRNGKey(1), (2, 40, 40, 3))
+    expected = jax.jit(xla.apply)(variables, images)
+    dense = xla.clone(conv_impl="dense")
+    logits = jax.jit(dense.apply)(variables, images)
+    np.testing.assert_allclose(logits, expected, rtol=0,
+                               atol=1e-5 * float(jnp.abs(expected).max()))
+
+
 def test_a_checkpoint_of_another_variant_names_the_fields_to_set():
     source = _tiny("seresnext26d_32x4d")
     state = rx.to_torch_state_dict(random_variables(source), source)
