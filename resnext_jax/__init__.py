@@ -7,6 +7,7 @@ https://arxiv.org/abs/1611.05431
 # The one version number: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
+from resnext_jax.blocks import ATTN_LAYERS
 from resnext_jax.blocks import BLOCK_FORMS
 from resnext_jax.blocks import Bottleneck
 from resnext_jax.blocks import convert_block_form
@@ -22,6 +23,7 @@ from resnext_jax.convert import load_torch_state_dict
 from resnext_jax.convert import read_state_dict
 from resnext_jax.convert import save_safetensors
 from resnext_jax.convert import to_torch_state_dict
+from resnext_jax.models import STEM_TYPES
 from resnext_jax.models import ResNeXt
 from resnext_jax.models import create_model
 from resnext_jax.models import init_variables
@@ -33,6 +35,7 @@ from resnext_jax.counting import summarize
 from resnext_jax.preprocessing import Preprocessing
 
 __all__ = (
+    "ATTN_LAYERS",
     "BLOCK_FORMS",
     "Bottleneck",
     "CONV_IMPLS",
@@ -40,6 +43,7 @@ __all__ = (
     "Preprocessing",
     "Pretrained",
     "ResNeXt",
+    "STEM_TYPES",
     "StateDictMismatchError",
     "convert_block_form",
     "count_flops",

@@ -12,11 +12,16 @@ paper's implementation ("BN right after the convolutions", Sec. 4).
 
 Layer names follow torchvision's ``Bottleneck`` (``conv1``, ``bn1``, ...,
 ``downsample``); branches of forms A and B are ``branch_0`` ... ``branch_{C-1}``.
+timm's options are fields: channel attention after ``bn3`` (``se``: squeeze-
+and-excitation or efficient channel attention) and the average-pool
+``downsample`` of ResNet-D. Both sit outside the grouped convolution, so every
+form carries them unchanged.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -26,10 +31,16 @@ import jax.numpy as jnp
 from resnext_jax.conv import GroupedConv, check_conv_impl
 
 BLOCK_FORMS = ("A", "B", "C")
+# Channel attention after the block's last BN (timm's ``attn_layer``).
+ATTN_LAYERS = (None, "se", "eca")
 EXPANSION = 4  # output channels = 4 * planes (paper Table 1)
 
 # torchvision's conv init: kaiming normal, fan_out, ReLU gain.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch's default Conv1d init, uniform(+-1/sqrt(fan_in)), which timm leaves
+# on the ECA convolution (its init only touches Conv2d).
+_torch_default_kernel_init = nn.initializers.variance_scaling(
+    1.0 / 3, "fan_in", "uniform")
 
 
 def check_block_form(form: str) -> str:
@@ -39,6 +50,29 @@ def check_block_form(form: str) -> str:
             f"{BLOCK_FORMS} (A: summed branches, B: concatenated branches, "
             "C: grouped convolution).")
     return form
+
+
+def check_attn_layer(attn_layer: str | None) -> str | None:
+    if attn_layer not in ATTN_LAYERS:
+        raise ValueError(
+            f"attn_layer={attn_layer!r} is not a channel attention; choose one "
+            f"of {ATTN_LAYERS} (se: squeeze-and-excitation, eca: efficient "
+            "channel attention).")
+    return attn_layer
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """timm's ``make_divisible(v, divisor, round_limit=0.)``: ``value`` rounded
+    to the nearest multiple of ``divisor``, at least ``divisor``."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+    """ECA's adaptive kernel size: the odd number nearest above
+    ``|log2(C) + beta| / gamma``, at least 3 (Wang et al. 2020, Eq. 12;
+    computed as timm's ``EcaModule`` does)."""
+    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
 
 
 def bottleneck_width(planes: int, cardinality: int, base_width: int) -> int:
@@ -100,14 +134,84 @@ class Branch(_Common):
 
 
 class Downsample(_Common):
-    """Projection shortcut (paper option B): 1x1 conv with stride, then BN."""
+    """Projection shortcut (paper option B): 1x1 conv with stride, then BN.
+
+    With ``avg_down`` (ResNet-D, He et al. 2019, "Bag of Tricks", Sec. 4.2)
+    the stride moves to a 2x2 average pool before a stride-1 1x1 conv, so the
+    shortcut sees every input pixel: timm's ``downsample_avg``, pooling with
+    ``ceil_mode=True, count_include_pad=False``.
+    """
 
     features: int = 256
+    avg_down: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = self._conv(self.features, 1, self.strides, name="conv")(x)
+        strides = self.strides
+        if self.avg_down and strides != 1:
+            x = _avg_pool_ceil(x, strides)
+            strides = 1
+        x = self._conv(self.features, 1, strides, name="conv")(x)
         return self._norm(train, "bn")(x)
+
+
+def _avg_pool_ceil(x, stride):
+    """torch's ``AvgPool2d(2, stride, ceil_mode=True,
+    count_include_pad=False)``: windows running off the bottom/right edge
+    average only the pixels they cover."""
+    h, w = x.shape[1:3]
+    pad_h = (-(h - 2) % stride) if h > 2 else 2 - h
+    pad_w = (-(w - 2) % stride) if w > 2 else 2 - w
+    return nn.avg_pool(x, (2, 2), strides=(stride, stride),
+                       padding=((0, pad_h), (0, pad_w)),
+                       count_include_pad=False)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018, https://arxiv.org/abs/1709.01507)
+    as timm's ``SEModule``: global mean, 1x1 conv to ``C/16`` channels (rounded
+    to a multiple of 8) with bias, ReLU, 1x1 conv back with bias, sigmoid gate.
+    Layer names ``fc1``, ``fc2`` are timm's."""
+
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        reduced = make_divisible(channels / 16, 8)
+        conv = functools.partial(
+            GroupedConv, kernel_size=(1, 1), padding=((0, 0), (0, 0)),
+            use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=conv_kernel_init, impl=self.conv_impl)
+        s = jnp.mean(x, axis=(1, 2), keepdims=True, dtype=jnp.float32)
+        s = nn.relu(conv(reduced, name="fc1")(s.astype(x.dtype)))
+        s = conv(channels, name="fc2")(s)
+        return x * nn.sigmoid(s)
+
+
+class EfficientChannelAttention(nn.Module):
+    """Efficient channel attention (Wang et al. 2020,
+    https://arxiv.org/abs/1910.03151) as timm's ``EcaModule``: global mean,
+    a 1-D convolution across channels (kernel from :func:`eca_kernel_size`, no
+    bias), sigmoid gate. The layer name ``conv`` is timm's."""
+
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, channels = x.shape[0], x.shape[-1]
+        k = eca_kernel_size(channels)
+        s = jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
+        # Channels as a length-C sequence of one feature: kernel (k, 1, 1).
+        s = nn.Conv(1, (k,), padding=(((k - 1) // 2, (k - 1) // 2),),
+                    use_bias=False, dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    kernel_init=_torch_default_kernel_init,
+                    name="conv")(s.reshape(n, channels, 1))
+        return x * nn.sigmoid(s).reshape(n, 1, 1, channels)
 
 
 class Bottleneck(_Common):
@@ -123,6 +227,10 @@ class Bottleneck(_Common):
       form: "A", "B" or "C".
       zero_init_residual: start the block's last BN scale at zero, so the
         block begins as the identity (Goyal et al., 2017).
+      attn_layer: channel attention on the residual branch after ``bn3``,
+        before the shortcut is added (timm's placement): None, "se" or "eca".
+      avg_down: average-pool projection shortcut (ResNet-D; see
+        :class:`Downsample`).
     """
 
     planes: int = 64
@@ -131,10 +239,16 @@ class Bottleneck(_Common):
     width: int | None = None
     form: str = "C"
     zero_init_residual: bool = True
+    attn_layer: str | None = None
+    avg_down: bool = False
 
     def __post_init__(self):
         check_block_form(self.form)
         check_conv_impl(self.conv_impl)
+        check_attn_layer(self.attn_layer)
+        if not isinstance(self.avg_down, bool):
+            raise ValueError(
+                f"avg_down (={self.avg_down!r}) must be True or False.")
         for field in ("planes", "cardinality", "base_width"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
@@ -185,11 +299,18 @@ class Bottleneck(_Common):
                 y = jnp.concatenate(outs, axis=-1)
                 y = self._conv(out_features, 1, name="conv3")(y)
         y = self._norm(train, "bn3", zero_scale=self.zero_init_residual)(y)
+        # timm names the attention module "se" whatever its kind.
+        if self.attn_layer == "se":
+            y = SqueezeExcite(conv_impl=self.conv_impl, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="se")(y)
+        elif self.attn_layer == "eca":
+            y = EfficientChannelAttention(
+                dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
 
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out_features:
-            shortcut = Downsample(features=out_features, name="downsample",
-                                  **common)(x, train)
+            shortcut = Downsample(features=out_features, avg_down=self.avg_down,
+                                  name="downsample", **common)(x, train)
         return nn.relu(y + shortcut)
 
 

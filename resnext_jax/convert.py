@@ -2,10 +2,14 @@
 
 torchvision's and timm's ResNet/ResNeXt use the same parameter names, and ours
 map to them one to one (see :mod:`resnext_jax.models`), so conversion is a
-table plus three layout rules:
+table plus three layout rules. timm's variants add its names: the deep stem's
+``conv1.0`` ... ``conv1.6``, the average-pool shortcut's ``downsample.1``
+(conv) and ``downsample.2`` (BN) behind its parameter-free pool
+``downsample.0``, and the attention's ``se.fc1``/``se.fc2`` (SE) or
+``se.conv`` (ECA).
 
 * convolution kernels: ours HWIO ``(kh, kw, in/G, out)``, torch OIHW
-  ``(out, in/G, kh, kw)``;
+  ``(out, in/G, kh, kw)``; ECA's 1-D kernel ``(k, 1, 1)``, torch ``(1, 1, k)``;
 * the classifier: ours ``(in, out)``, torch ``(out, in)``;
 * BatchNorm: ``scale``/``bias`` in ``params`` and ``mean``/``var`` in
   ``batch_stats`` are torch's ``weight``/``bias``/``running_mean``/
@@ -80,16 +84,21 @@ def _listing(kind, items):
 # ---------------------------------------------------------------------------
 # Names.
 
-def _torch_module_name(path: tuple[str, ...]) -> str:
+def _torch_module_name(path: tuple[str, ...], avg_down: bool = False) -> str:
     """Our module path -> torch's dotted module name."""
     parts = []
     for i, name in enumerate(path):
         block = re.fullmatch(r"layer(\d+)_(\d+)", name)
+        stem_layer = re.fullmatch(r"(?:conv|bn)_(\d)", name)
         if block:
             parts += [f"layer{block.group(1)}", block.group(2)]
         elif i and path[i - 1] == "downsample" and name in ("conv", "bn"):
-            # torchvision's downsample is nn.Sequential(conv, bn).
-            parts.append("0" if name == "conv" else "1")
+            # torchvision's downsample is nn.Sequential(conv, bn); timm's
+            # average-pool one is nn.Sequential(pool, conv, bn).
+            parts.append(str(("conv", "bn").index(name) + int(avg_down)))
+        elif i == 1 and path[0] == "conv1" and stem_layer:
+            # timm's deep stem: conv1 = nn.Sequential(conv, bn, relu, ...).
+            parts.append(stem_layer.group(1))
         else:
             parts.append(name)
     return ".".join(parts)
@@ -107,7 +116,8 @@ def _key_table(model: ResNeXt) -> dict[str, tuple[str, tuple, tuple]]:
         for key_path, leaf in flat:
             path = tuple(k.key for k in key_path)
             torch_leaf = _LEAF_TO_TORCH[(collection, path[-1])]
-            key = f"{_torch_module_name(path[:-1])}.{torch_leaf}"
+            key = (f"{_torch_module_name(path[:-1], model.avg_down)}."
+                   f"{torch_leaf}")
             table[key] = (collection, path, tuple(leaf.shape))
     return table
 
@@ -128,6 +138,8 @@ def _is_head(key: str) -> bool:
 def _to_torch_layout(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # conv kernel HWIO -> OIHW
         return value.transpose(3, 2, 0, 1)
+    if value.ndim == 3:  # 1-D conv kernel WIO -> OIW
+        return value.transpose(2, 1, 0)
     if value.ndim == 2:  # dense kernel (in, out) -> (out, in)
         return value.T
     return value
@@ -136,6 +148,8 @@ def _to_torch_layout(value: np.ndarray) -> np.ndarray:
 def _from_torch_layout(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # OIHW -> HWIO
         return value.transpose(2, 3, 1, 0)
+    if value.ndim == 3:  # OIW -> WIO
+        return value.transpose(2, 1, 0)
     if value.ndim == 2:
         return value.T
     return value
@@ -144,6 +158,8 @@ def _from_torch_layout(value: np.ndarray) -> np.ndarray:
 def _torch_shape(shape: tuple) -> tuple:
     if len(shape) == 4:
         return (shape[3], shape[2], shape[0], shape[1])
+    if len(shape) == 3:
+        return shape[::-1]
     if len(shape) == 2:
         return (shape[1], shape[0])
     return shape
@@ -348,21 +364,46 @@ def _mismatch_hint(model, missing, unexpected, mismatched, head) -> str:
         return ("Only the classifier differs: pass head='reinit' for a fresh "
                 f"{model.num_classes}-way classifier, or build the model with "
                 "the checkpoint's num_classes.")
-    if any(k.startswith(("conv1.0", "conv1.1")) or ".downsample.2." in k
-           for k in unexpected):
-        return ("The checkpoint looks like a timm ResNet-D/-S variant (deep "
-                "stem or average-pool downsample), which this model does not "
-                "implement.")
+    fields = _architecture_hint(model, missing + list(mismatched),
+                                unexpected)
+    if fields:
+        return (f"The checkpoint's architecture differs from the model's: "
+                f"build the model with {fields} (or use the timm name of the "
+                "checkpoint's model, see rx.list_models()).")
     if missing and len(missing) > 5 and len(unexpected) > 5:
         return ("Many keys differ: is the checkpoint for another depth or "
                 "architecture than the model?")
     return ""
 
 
+def _architecture_hint(model, missing, unexpected) -> str:
+    """The model fields a checkpoint's extra keys point to, as ``a=b, ...``."""
+    keys = set(missing) | set(unexpected)
+    fields = {}
+    stem = {"conv1.0.weight": ("deep", "deep_tiered"),
+            "conv1.weight": ("",)}
+    for key, stem_types in stem.items():
+        if key in unexpected and model.stem_type not in stem_types:
+            fields["stem_type"] = " or ".join(map(repr, stem_types))
+    if any(".downsample.2." in k for k in unexpected) and not model.avg_down:
+        fields["avg_down"] = "True"
+    if (any(".downsample.0.weight" in k for k in unexpected)
+            and model.avg_down):
+        fields["avg_down"] = "False"
+    for attn, marker in (("se", ".se.fc1."), ("eca", ".se.conv.")):
+        if (any(marker in k for k in unexpected)
+                and model.attn_layer != attn):
+            fields["attn_layer"] = repr(attn)
+    if (model.attn_layer and not any(".se." in k for k in unexpected)
+            and any(".se." in k for k in keys)):
+        fields["attn_layer"] = "None"
+    return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
 def to_torch_state_dict(variables: Mapping, model: ResNeXt, *,
                         num_batches_tracked: bool = True
                         ) -> dict[str, np.ndarray]:
-    """Our variables as a torchvision-compatible state dict of numpy arrays.
+    """Our variables as a torchvision/timm-named state dict of numpy arrays.
 
     Load it in PyTorch with ``tv_model.load_state_dict({k: torch.from_numpy(v)
     for k, v in sd.items()})``. Variables of a form-A/B model are converted to
@@ -406,7 +447,7 @@ def to_torch_state_dict(variables: Mapping, model: ResNeXt, *,
 
 def save_safetensors(variables: Mapping, model: ResNeXt,
                      path: str | os.PathLike) -> None:
-    """Writes variables as a torchvision-named ``.safetensors`` file."""
+    """Writes variables as a torchvision/timm-named ``.safetensors`` file."""
     try:
         from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
     except ImportError as e:

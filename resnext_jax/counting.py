@@ -57,10 +57,10 @@ def _trace_layer_costs(model: ResNeXt, image_size: int,
             return out
         if isinstance(module, (nn.Conv, GroupedConv)):
             x = args[0]
-            kh, kw = module.kernel_size
+            taps = math.prod(module.kernel_size)  # 2-D, or ECA's 1-D
             groups = getattr(module, "feature_group_count", 1)
             cin = x.shape[-1] // groups
-            macs = math.prod(out.shape) * kh * kw * cin
+            macs = math.prod(out.shape) * taps * cin
             costs.append(LayerCost(module.path, "conv", tuple(out.shape), macs))
         elif isinstance(module, nn.Dense):
             x = args[0]
@@ -104,7 +104,9 @@ def summarize(model: ResNeXt, image_size: int = 224) -> list[dict]:
         row = rows.setdefault(_stage_of(cost.path[0]), dict(
             params=0, macs=0, output_shape=None))
         row["macs"] += cost.macs
-        if "downsample" not in cost.path:
+        if "downsample" not in cost.path and "se" not in cost.path:
+            # The last conv of the main path gives the stage's output shape
+            # (the shortcut's and the attention's convs do not).
             row["output_shape"] = cost.output_shape[1:]
     if model.stem == "imagenet" and rows["stem"]["output_shape"]:
         # The stem ends with a 3x3/2 max-pool (padding 1) after its conv.

@@ -2,7 +2,9 @@
 CIFAR stem (ResNeXt-29), plus the registry of named variants.
 
 Layer names map one-to-one to torchvision's ``ResNet``: ``conv1``, ``bn1``,
-``layer{i}_{j}`` (torchvision ``layer{i}.{j}``), ``fc``.
+``layer{i}_{j}`` (torchvision ``layer{i}.{j}``), ``fc``. timm's ResNeXt
+variants (deep and tiered stems, average-pool shortcuts, SE and ECA attention)
+are fields of the same model, named as in timm.
 """
 
 from __future__ import annotations
@@ -15,15 +17,39 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.blocks import (Bottleneck, check_block_form,
-                                conv_kernel_init)
+from resnext_jax.blocks import (Bottleneck, _Common, check_attn_layer,
+                                check_block_form, conv_kernel_init)
 from resnext_jax.conv import GroupedConv, check_conv_impl, max_pool
 
 STEMS = ("imagenet", "cifar")
+# The ImageNet stem's first layers (timm's ``stem_type``): "" is the 7x7 conv;
+# the deep stems are three 3x3 convs (ResNet-C, He et al. 2019, "Bag of
+# Tricks", https://arxiv.org/abs/1812.01187), with the widths of timm's
+# ``stem_width=32``, as in all of timm's deep-stem ResNeXts.
+STEM_TYPES = ("", "deep", "deep_tiered")
+DEEP_STEM_WIDTHS = {"deep": (32, 32), "deep_tiered": (24, 32)}
 # Paper Table 1 (ImageNet) and Sec. 5.3 / official code (CIFAR).
 STAGE_PLANES = {"imagenet": (64, 128, 256, 512), "cifar": (64, 128, 256)}
 STAGE_STRIDES = {"imagenet": (1, 2, 2, 2), "cifar": (1, 2, 2)}
 STEM_FEATURES = 64
+
+
+class DeepStem(_Common):
+    """timm's deep stem before ``bn1``: 3x3/2 conv, BN, ReLU, 3x3 conv, BN,
+    ReLU, 3x3 conv to ``features``. Names carry the index of the layer in
+    timm's ``conv1`` ``nn.Sequential`` (``conv_0`` is ``conv1.0``, ``bn_1``
+    is ``conv1.1``, ...; 2 and 5 are its ReLUs)."""
+
+    widths: Sequence[int] = (32, 32)
+    features: int = STEM_FEATURES
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self._conv(self.widths[0], 3, 2, name="conv_0")(x)
+        x = nn.relu(self._norm(train, "bn_1")(x))
+        x = self._conv(self.widths[1], 3, name="conv_3")(x)
+        x = nn.relu(self._norm(train, "bn_4")(x))
+        return self._conv(self.features, 3, name="conv_6")(x)
 
 
 class ResNeXt(nn.Module):
@@ -42,6 +68,14 @@ class ResNeXt(nn.Module):
       num_classes: classifier outputs; 0 drops the head and returns the
         pooled features.
       stem: "imagenet" (7x7/2 conv, 3x3/2 max-pool) or "cifar" (3x3 conv).
+      stem_type: timm's variants of the ImageNet stem's convolution: "" (one
+        7x7/2 conv), "deep" (3x3 convs 32, 32, 64 wide, the first with stride
+        2) or "deep_tiered" (24, 32, 64).
+      avg_down: projection shortcuts that average-pool 2x2 before a stride-1
+        1x1 conv (ResNet-D) instead of striding the 1x1 conv.
+      attn_layer: channel attention at the end of every block's residual
+        branch: None, "se" (squeeze-and-excitation) or "eca" (efficient
+        channel attention).
       block_form: "A", "B" or "C" (see :mod:`resnext_jax.blocks`).
       zero_init_residual: start each block's last BN scale at zero.
       conv_impl: grouped-convolution lowering (see :mod:`resnext_jax.conv`).
@@ -58,6 +92,9 @@ class ResNeXt(nn.Module):
     stage_widths: Sequence[int] | None = None
     num_classes: int = 1000
     stem: str = "imagenet"
+    stem_type: str = ""
+    avg_down: bool = False
+    attn_layer: str | None = None
     block_form: str = "C"
     zero_init_residual: bool = True
     conv_impl: str = "auto"
@@ -99,6 +136,19 @@ class ResNeXt(nn.Module):
                 "integer (0 drops the classifier head).")
         check_block_form(self.block_form)
         check_conv_impl(self.conv_impl)
+        check_attn_layer(self.attn_layer)
+        if self.stem_type not in STEM_TYPES:
+            raise ValueError(
+                f"stem_type={self.stem_type!r} is not a known stem type; "
+                f"choose one of {STEM_TYPES} ('' is the 7x7 conv).")
+        if self.stem_type and self.stem != "imagenet":
+            raise ValueError(
+                f"stem_type={self.stem_type!r} replaces the 'imagenet' stem's "
+                f"7x7 conv, but stem={self.stem!r}; use stem_type='' with "
+                f"the {self.stem!r} stem.")
+        if not isinstance(self.avg_down, bool):
+            raise ValueError(
+                f"avg_down (={self.avg_down!r}) must be True or False.")
         if self.stage_widths is not None:
             widths = tuple(self.stage_widths)
             if len(widths) != num_stages:
@@ -142,7 +192,18 @@ class ResNeXt(nn.Module):
                     dtype=self.dtype, param_dtype=self.param_dtype,
                     axis_name=self.axis_name)
         x = x.astype(self.dtype)
-        if self.stem == "imagenet":
+        if self.stem == "imagenet" and self.stem_type:
+            x = DeepStem(widths=DEEP_STEM_WIDTHS[self.stem_type],
+                         features=STEM_FEATURES, conv_impl=self.conv_impl,
+                         dtype=self.dtype, param_dtype=self.param_dtype,
+                         bn_momentum=self.bn_momentum,
+                         bn_epsilon=self.bn_epsilon, axis_name=self.axis_name,
+                         name="conv1")(x, train)
+            x = nn.BatchNorm(use_running_average=not train, name="bn1",
+                             **norm)(x)
+            x = nn.relu(x)
+            x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
+        elif self.stem == "imagenet":
             x = GroupedConv(STEM_FEATURES, (7, 7), strides=(2, 2),
                             padding=((3, 3), (3, 3)), use_bias=False,
                             dtype=self.dtype, param_dtype=self.param_dtype,
@@ -177,6 +238,8 @@ class ResNeXt(nn.Module):
                     strides=strides_per_stage[i] if j == 0 else 1,
                     form=self.block_form,
                     zero_init_residual=self.zero_init_residual,
+                    attn_layer=self.attn_layer,
+                    avg_down=self.avg_down,
                     conv_impl=self.conv_impl,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
@@ -199,12 +262,22 @@ class ResNeXt(nn.Module):
 # ---------------------------------------------------------------------------
 # Registry.
 
-_IMAGENET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_IMAGENET_DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                    152: (3, 8, 36, 3)}
 
 
-def _imagenet(depth, cardinality, base_width):
+def _imagenet(depth, cardinality, base_width, **options):
     return dict(stage_sizes=_IMAGENET_DEPTHS[depth], cardinality=cardinality,
-                base_width=base_width, stem="imagenet", num_classes=1000)
+                base_width=base_width, stem="imagenet", num_classes=1000,
+                **options)
+
+
+# timm's suffixes: "d" deep stem + average-pool shortcut (ResNet-D), "t" the
+# same with the tiered stem; prefixes "se"/"eca" add channel attention.
+_D = dict(stem_type="deep", avg_down=True)
+_T = dict(stem_type="deep_tiered", avg_down=True)
+_SE = dict(attn_layer="se")
+_ECA = dict(attn_layer="eca")
 
 
 def _cifar(cardinality, base_width):
@@ -221,6 +294,7 @@ _MODELS: dict[str, dict] = {
     "resnext101_32x4d": _imagenet(101, 32, 4),
     "resnext101_32x8d": _imagenet(101, 32, 8),
     "resnext101_32x16d": _imagenet(101, 32, 16),
+    "resnext101_32x32d": _imagenet(101, 32, 32),
     "resnext101_64x4d": _imagenet(101, 64, 4),
     "resnext152_32x4d": _imagenet(152, 32, 4),
     # Paper Table 2: ResNeXt-50 settings of equal complexity (C x d).
@@ -228,6 +302,17 @@ _MODELS: dict[str, dict] = {
     "resnext50_2x40d": _imagenet(50, 2, 40),
     "resnext50_4x24d": _imagenet(50, 4, 24),
     "resnext50_8x14d": _imagenet(50, 8, 14),
+    # timm's ResNeXt family, under timm's names and architectures.
+    "resnext50d_32x4d": _imagenet(50, 32, 4, **_D),
+    "seresnext26d_32x4d": _imagenet(26, 32, 4, **_D, **_SE),
+    "seresnext26t_32x4d": _imagenet(26, 32, 4, **_T, **_SE),
+    "seresnext50_32x4d": _imagenet(50, 32, 4, **_SE),
+    "seresnext101_32x4d": _imagenet(101, 32, 4, **_SE),
+    "seresnext101_32x8d": _imagenet(101, 32, 8, **_SE),
+    "seresnext101_64x4d": _imagenet(101, 64, 4, **_SE),
+    "seresnext101d_32x8d": _imagenet(101, 32, 8, **_D, **_SE),
+    "ecaresnext26t_32x4d": _imagenet(26, 32, 4, **_T, **_ECA),
+    "ecaresnext50t_32x4d": _imagenet(50, 32, 4, **_T, **_ECA),
     # Paper Sec. 5.3 / Table 7: CIFAR ResNeXt-29.
     "resnext29_8x64d": _cifar(8, 64),
     "resnext29_16x64d": _cifar(16, 64),
