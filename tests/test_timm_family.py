@@ -263,5 +263,5 @@ def test_logits_equal_timm_through_safetensors(timm, name, tmp_path):
         k: tuple(v.shape) for k, v in timm_state.items()}
     for key, tensor in timm_state.items():
         np.testing.assert_array_equal(back[key], tensor.numpy(), err_msg=key)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()},
+    net.load_state_dict({k: torch.tensor(v) for k, v in back.items()},
                         strict=True)
