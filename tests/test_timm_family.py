@@ -76,13 +76,15 @@ def test_names_shared_with_torchvision_keep_the_plain_architecture():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(stem_type="deeper"), r"stem_type='deeper' is not a known stem "
-                               r"type; choose one of \('', 'deep', "),
+    (dict(stem_type="deeper"),
+     (r"stem_type='deeper' is not a known stem type; choose one of "
+      r"\('', 'deep', ")),
     (dict(stem="cifar", stage_sizes=(1, 1, 1), stem_type="deep"),
-     r"stem_type='deep' replaces the 'imagenet' stem's 7x7 conv, but "
-     r"stem='cifar'"),
-    (dict(attn_layer="cbam"), r"attn_layer='cbam' is not a channel "
-                              r"attention; choose one of \(None, 'se', 'eca'"),
+     (r"stem_type='deep' replaces the 'imagenet' stem's 7x7 conv, but "
+      r"stem='cifar'")),
+    (dict(attn_layer="cbam"),
+     (r"attn_layer='cbam' is not a channel attention; choose one of "
+      r"\(None, 'se', 'eca'")),
     (dict(avg_down="yes"), r"avg_down \(='yes'\) must be True or False"),
 ])
 def test_bad_variant_fields_are_named(overrides, match):
@@ -263,5 +265,5 @@ def test_logits_equal_timm_through_safetensors(timm, name, tmp_path):
         k: tuple(v.shape) for k, v in timm_state.items()}
     for key, tensor in timm_state.items():
         np.testing.assert_array_equal(back[key], tensor.numpy(), err_msg=key)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()},
+    net.load_state_dict({k: torch.tensor(v) for k, v in back.items()},
                         strict=True)
