@@ -14,6 +14,7 @@ from resnext_jax.blocks import convert_block_form
 from resnext_jax.bundle import Pretrained
 from resnext_jax.bundle import load_pretrained
 from resnext_jax.bundle import save_pretrained
+from resnext_jax.compilation_cache import enable_compilation_cache
 from resnext_jax.conv import CONV_IMPLS
 from resnext_jax.conv import GroupedConv
 from resnext_jax.conv import grouped_conv
@@ -49,6 +50,7 @@ __all__ = (
     "count_flops",
     "count_params",
     "create_model",
+    "enable_compilation_cache",
     "grouped_conv",
     "init_variables",
     "list_models",
