@@ -56,7 +56,8 @@ def test_wheel_requires_no_training_stack(wheel):
                 if "extra ==" not in r]
     names = {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0]
              .split("<")[0].strip().lower() for r in required}
-    assert {"jax", "flax", "numpy", "pillow", "safetensors"} <= names
+    assert {"jax", "flax", "flatbuffers", "numpy", "pillow",
+            "safetensors"} <= names
     assert not names & set(TRAINING_DISTS), names
     extras = set(meta.get_all("Provides-Extra"))
     assert {"train", "torch", "dev"} <= extras

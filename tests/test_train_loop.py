@@ -118,3 +118,45 @@ def test_rerunning_a_finished_workdir_keeps_its_summary(full_run):
     assert (workdir / "summary.json").read_text() == before
     assert again["test_accuracy"] == summary["test_accuracy"]
     assert again["examples_per_second"] == summary["examples_per_second"]
+
+
+def test_run_leaves_a_bundle_that_reproduces_its_eval(full_run):
+    import resnext_jax as rx
+    workdir, summary = full_run
+    model, variables, preprocessing, names = rx.load_pretrained(workdir)
+    assert names == [str(i) for i in range(10)]
+    assert preprocessing.crop_size == 8
+    config = json.loads((workdir / "model" / "model.json").read_text())
+    assert config["extra"]["step"] == STEPS  # The final state.
+    _, expected, _ = restore_for_inference(workdir, "latest")
+    assert _flat(variables).keys() == _flat(expected).keys()
+    for key, value in _flat(expected).items():
+        np.testing.assert_array_equal(_flat(variables)[key], value)
+
+
+def test_bundle_command_rebuilds_a_missing_bundle(full_run, tmp_path):
+    """A workdir trained before bundles: python -m train.bundle writes one
+    from its checkpoint, with the preprocessing of its old dataset.json."""
+    import shutil
+
+    import resnext_jax as rx
+    from train import bundle
+
+    workdir, _ = full_run
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    shutil.rmtree(old / "model")
+    info = json.loads((old / "dataset.json").read_text())
+    spec = info.pop("preprocessing")
+    info.update(mean=spec["mean"], std=spec["std"])  # The old format.
+    (old / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(FileNotFoundError, match="python -m train.bundle"):
+        rx.load_pretrained(old)
+    bundle.main([str(old), "--which", "latest"])
+    loaded = rx.load_pretrained(old)
+    new = rx.Preprocessing.from_dict(spec)
+    for field in ("resize_size", "crop_size", "mean", "std"):
+        assert getattr(loaded.preprocessing, field) == getattr(new, field)
+    _, expected, _ = restore_for_inference(old, "latest")
+    for key, value in _flat(expected).items():
+        np.testing.assert_array_equal(_flat(loaded.variables)[key], value)
