@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 
 from train import loop
+from train.checkpoint import CheckpointError
 from train.config_validation import validate_config
 from train.nonfinite import NonFiniteError
+from train.workdir import ConfigMismatchError, WorkdirError
 from train_helpers import REPO, tiny_config
 
 
@@ -62,3 +65,187 @@ def test_nonfinite_state_is_never_applied_or_saved(tmp_path, monkeypatch):
     for part in ("params", "batch_stats", "opt_state"):
         for leaf in jax.tree.leaves(state[part]):
             assert np.isfinite(leaf).all(), part
+
+
+# --- SIGTERM between logging steps; two runs on one workdir. ---
+
+# The child trains through the CLI, slowly (each batch waits), printing the
+# index of each batch it reads.
+_CHILD = r"""
+import sys, time
+from absl import app
+import train.__main__ as main, train.data as data_lib
+create = data_lib.create_data_source
+def slow_source(*args, **kwargs):
+    source = create(*args, **kwargs)
+    batches = source.train_batches
+    def slow(start):
+        for i, batch in enumerate(batches(start), start):
+            time.sleep(0.1)
+            print("batch", i, flush=True)
+            yield batch
+    source.train_batches = slow
+    return source
+data_lib.create_data_source = slow_source
+sys.argv = ["train", "--config", "configs/default.py", "--workdir", WORKDIR,
+            "--config.model_kwargs.cardinality=4",
+            "--config.model_kwargs.base_width=2", "--config.batch_size=16",
+            "--config.eval_batch_size=64", "--config.warmup_epochs=0.0",
+            "--config.progress_bar=False", "--config.num_train_steps=200",
+            "--config.log_every_steps=1000", "--config.eval_every_steps=1000",
+            "--config.checkpoint_every_steps=1000"]
+app.run(main.main)
+"""
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+        [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=1")
+    return env
+
+
+def _wait_for_line(child, prefix, timeout=240):
+    deadline = time.time() + timeout
+    lines = []
+    while time.time() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"no {prefix!r} line:\n" + "".join(lines)[-3000:])
+
+
+def test_sigterm_stops_at_the_next_step_and_the_lock_keeps_others_out(
+        tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         _CHILD.replace("WORKDIR", repr(str(tmp_path)))],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(child, "batch 5")
+        # A second run on the same workdir is refused, naming the holder.
+        with pytest.raises(WorkdirError,
+                           match=rf"in use by process {child.pid} on host "
+                                 rf"{socket.gethostname()}"):
+            loop.train_and_evaluate(tiny_config(num_train_steps=200),
+                                    tmp_path)
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 143, out[-3000:]
+    stopped = int(out.split("checkpoint at step ")[1].split()[0])
+    # Logging (and so, before, the SIGTERM check) is every 1000 steps.
+    assert stopped < 100, out[-3000:]
+    assert _checkpoint_steps(tmp_path) == [stopped]
+    assert not (tmp_path / "lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "lock").write_text(json.dumps(
+        {"pid": dead.pid, "host": socket.gethostname()}))
+    summary = loop.train_and_evaluate(tiny_config(num_train_steps=2),
+                                      tmp_path)
+    assert summary["completed"]
+    assert f"taking over {tmp_path / 'lock'} of process {dead.pid}" in (
+        capsys.readouterr().out)
+    assert not (tmp_path / "lock").exists()
+
+
+# --- A workdir that lost its checkpoints; a resume with another config. ---
+
+def _damage(step_dir):
+    biggest = max((p for p in step_dir.rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+
+
+def test_lost_checkpoints_are_not_a_silent_fresh_start(tmp_path, capsys):
+    config = tiny_config(num_train_steps=4)
+    loop.train_and_evaluate(config, tmp_path, stop_at_step=2)
+    _damage(tmp_path / "checkpoints" / "2")
+    with pytest.raises(CheckpointError, match="every checkpoint"):
+        loop.train_and_evaluate(config, tmp_path)
+    # What a requeued job does next: run the same command again.
+    with pytest.raises(WorkdirError, match=r"held checkpoints but none is "
+                       r"left.*--config\.restart_from_scratch=True"):
+        loop.train_and_evaluate(config, tmp_path)
+    capsys.readouterr()
+    summary = loop.train_and_evaluate(
+        tiny_config(num_train_steps=4, restart_from_scratch=True), tmp_path)
+    assert summary["completed"] and summary["steps"] == 4
+    assert "Resuming" not in capsys.readouterr().out
+
+
+def test_resume_with_another_data_order_is_refused(tmp_path, capsys):
+    loop.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path,
+                            stop_at_step=2)
+    original = (tmp_path / "config.json").read_text()
+    with pytest.raises(ConfigMismatchError,
+                       match=r"step 2 .*batch_size: 16 -> 32; seed: 0 -> 7"
+                             r".*allow_config_change=True"):
+        loop.train_and_evaluate(
+            tiny_config(num_train_steps=4, batch_size=32, seed=7), tmp_path)
+    assert (tmp_path / "config.json").read_text() == original
+    capsys.readouterr()
+    summary = loop.train_and_evaluate(
+        tiny_config(num_train_steps=4, seed=7, allow_config_change=True),
+        tmp_path)
+    assert summary["completed"]
+    out = capsys.readouterr().out
+    assert "Config changed at step 2: seed: 0 -> 7" in out
+    assert "config_history.jsonl" in out
+    history = [json.loads(line) for line in
+               (tmp_path / "config_history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [0, 2]
+    assert history[0]["config"]["seed"] == 0
+    assert history[1]["changes"] == {"seed": [0, 7]}
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 7
+
+
+# --- Config mistakes through the command line. ---
+
+@pytest.mark.parametrize("args,status,message", [
+    (["--config.batch_sise=8"], 2,
+     "the config has no field 'batch_sise' (did you mean 'batch_size'?)"),
+    (["--config", "configs/nope.py", "--config.seed=1"], 2,
+     "--config configs/nope.py: no such file"),
+    (["--workdir", "FILE"], 1, "is a file, not a directory"),
+    (["--config.momentum=nan"], 1,
+     "config.momentum (=nan) must be a finite number."),
+])
+def test_command_line_mistake_is_one_error_line(tmp_path, args, status,
+                                                message):
+    (tmp_path / "file").write_text("")
+    args = [str(tmp_path / "file") if a == "FILE" else a for a in args]
+    if "--workdir" not in args:
+        args += ["--workdir", str(tmp_path / "run")]
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *args,
+         "--config.num_train_steps=1"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+
+
+def test_read_only_workdir_is_refused_before_training(tmp_path,
+                                                      monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if str(path) == str(tmp_path) else real_access(path, mode)))
+    with pytest.raises(WorkdirError, match=r"is not writable"):
+        loop.train_and_evaluate(tiny_config(), tmp_path / "run")

@@ -26,7 +26,7 @@ from absl import logging
 from train import checkpoint_integrity as integrity
 from train.steps import TrainState
 from train.workdir import (BEST_DIR, DAMAGED_DIR, LATEST_DIR, load_config,
-                           load_dataset_info)
+                           load_dataset_info, record_checkpoint)
 
 
 class CheckpointError(RuntimeError):
@@ -68,6 +68,7 @@ class Checkpointer:
             integrity.write_manifest(self.workdir, kind, step,
                                      self._step_dir(kind, step))
             integrity.prune(self.workdir, kind, manager.all_steps())
+            record_checkpoint(self.workdir, step)
 
     def _step_dir(self, kind: str, step: int) -> pathlib.Path:
         return (self.workdir / kind / str(step)).absolute()
@@ -117,7 +118,8 @@ class Checkpointer:
             f"every checkpoint in {self.workdir / LATEST_DIR} is damaged "
             f"({'; '.join(problems)}); they were moved to "
             f"{self.workdir / DAMAGED_DIR}. Not starting from scratch: "
-            "use a new --workdir for that.")
+            "pass --config.restart_from_scratch=True for that, or use a new "
+            "--workdir.")
 
     def _set_aside(self, step: int, problem: str) -> None:
         """Moves a damaged step out of orbax's sight (so the step can be
