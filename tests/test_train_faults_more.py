@@ -249,3 +249,29 @@ def test_read_only_workdir_is_refused_before_training(tmp_path,
         False if str(path) == str(tmp_path) else real_access(path, mode)))
     with pytest.raises(WorkdirError, match=r"is not writable"):
         loop.train_and_evaluate(tiny_config(), tmp_path / "run")
+
+
+# --- A metrics file torn by a kill mid-write. ---
+
+def test_torn_metrics_line_is_tolerated_and_repaired(tmp_path, capsys):
+    from train.metrics_io import MetricWriter, read_metrics
+    from train.plot import main as plot_main
+
+    writer = MetricWriter(tmp_path)
+    writer.write(1, "train", {"loss": 2.0, "accuracy": 0.1})
+    writer.write(1, "eval", {"loss": 2.5, "accuracy": 0.2})
+    writer.close()
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"step": 2, "split": "train", "lo')
+    assert [(r["split"], r["step"]) for r in read_metrics(tmp_path)] == [
+        ("eval", 1), ("train", 1)]
+    plot_main([str(tmp_path), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    writer = MetricWriter(tmp_path)  # As a resumed run does.
+    writer.write(2, "train", {"loss": 1.5, "accuracy": 0.3})
+    writer.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in records] == [
+        ("train", 1), ("eval", 1), ("train", 2)]
+    assert "partial last line" in capsys.readouterr().out
