@@ -275,3 +275,57 @@ def test_torn_metrics_line_is_tolerated_and_repaired(tmp_path, capsys):
     assert [(r["split"], r["step"]) for r in records] == [
         ("train", 1), ("eval", 1), ("train", 2)]
     assert "partial last line" in capsys.readouterr().out
+
+
+# --- Image-folder classes with nothing to train on. ---
+
+def _folder(root, files_per_class):
+    """``files_per_class``: class -> list of (file name, PIL format or
+    None for junk bytes)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name, files in files_per_class.items():
+        (root / name).mkdir(parents=True)
+        for file_name, fmt in files:
+            if fmt is None:
+                (root / name / file_name).write_bytes(b"not an image")
+            else:
+                Image.fromarray(rng.integers(0, 255, (10, 12, 3), np.uint8)
+                                ).save(root / name / file_name, fmt)
+    return str(root)
+
+
+def _folder_config(data_dir):
+    return tiny_config(dataset="folder", data_dir=data_dir, batch_size=4,
+                       eval_batch_size=4, folder_eval_fraction=0.25)
+
+
+@pytest.mark.parametrize("bad,reason", [
+    ([(f"{i}.tif", "TIFF") for i in range(4)], r"unsupported file types "
+     r"\(4 \.tif\)"),
+    ([(f"{i}.jpg", None) for i in range(4)],
+     r"4 unusable image\(s\), listed above\."),
+])
+def test_class_with_nothing_to_train_on_is_named(tmp_path, bad, reason):
+    from train import data as data_lib
+    from train.data.image_check import BadImageError
+
+    good = [(f"{i}.png", "PNG") for i in range(4)]
+    data_dir = _folder(tmp_path / "images", {"cat": good, "dog": bad})
+    with pytest.raises(BadImageError,
+                       match=rf"no training image for class 'dog': {reason}"):
+        data_lib.create_data_source(_folder_config(data_dir))
+
+
+def test_bmp_gif_and_webp_train_and_others_are_listed(tmp_path, capsys):
+    from train import data as data_lib
+
+    data_dir = _folder(tmp_path / "images", {
+        "a": [("0.bmp", "BMP"), ("1.bmp", "BMP"), ("2.gif", "GIF"),
+              ("3.webp", "WEBP"), ("4.tif", "TIFF")],
+        "b": [(f"{i}.png", "PNG") for i in range(4)]})
+    source = data_lib.create_data_source(_folder_config(data_dir))
+    assert source.num_train_examples + source.num_eval_examples == 8
+    assert "4.tif" in capsys.readouterr().out
+    batch = next(source.train_batches(0))
+    assert np.isfinite(batch["image"]).all()
