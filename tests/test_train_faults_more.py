@@ -329,3 +329,32 @@ def test_bmp_gif_and_webp_train_and_others_are_listed(tmp_path, capsys):
     assert "4.tif" in capsys.readouterr().out
     batch = next(source.train_batches(0))
     assert np.isfinite(batch["image"]).all()
+
+
+# --- config.download=True failing. ---
+
+def test_failed_download_says_the_true_cause(monkeypatch):
+    from train.data import DataError, tf_pipelines
+
+    class Builder:
+        def download_and_prepare(self, **kwargs):
+            raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                      name="importlib_resources")
+
+    monkeypatch.setattr(tf_pipelines.tfds, "builder",
+                        lambda *args, **kwargs: Builder())
+    config = tiny_config(dataset="cifar10", download=True)
+    with pytest.raises(DataError) as error:
+        tf_pipelines.create_tf_source(config, 0, 1)
+    message = str(error.value)
+    assert "with config.download=True failed" in message
+    assert "No module named 'importlib_resources'" in message
+    assert "pip install" in message
+    assert "download is False" not in message
+
+
+def test_train_extra_declares_what_downloads_need():
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(r.startswith("importlib_resources")
+               for r in project["optional-dependencies"]["train"])

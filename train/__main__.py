@@ -121,6 +121,7 @@ def main(argv):
     # After flags: faster --help.
     from train.checkpoint import CheckpointError
     from train.config_validation import ConfigError
+    from train.data import DataError
     from train.data.image_check import BadImageError
     from train.loop import train_and_evaluate
     from train.nonfinite import NonFiniteError
@@ -134,8 +135,9 @@ def main(argv):
         pathlib.Path("workdir") / pathlib.Path(config_file).stem)
     try:
         summary = train_and_evaluate(config, workdir)
-    except (ConfigError, BadImageError, NonFiniteError, ConfigMismatchError,
-            CheckpointError, WorkdirError) as e:
+    except (ConfigError, BadImageError, DataError, FileNotFoundError,
+            NonFiniteError, ConfigMismatchError, CheckpointError,
+            WorkdirError) as e:
         _fail(str(e))
     if summary["preempted"]:
         sys.exit(EXIT_PREEMPTED)

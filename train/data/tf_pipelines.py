@@ -28,8 +28,9 @@ from resnext_jax import Preprocessing
 
 from train.config_validation import dataset_family
 from train.data.image_check import BadImageError, filter_images
-from train.data.source import (Batch, DataSource, local_batch_size,
-                               num_eval_steps, padded_eval_batches, seed_for)
+from train.data.source import (Batch, DataError, DataSource,
+                               local_batch_size, num_eval_steps,
+                               padded_eval_batches, seed_for)
 
 # What tf.io.decode_image (training) and Pillow (eval, predict) both read;
 # WebP where this TensorFlow decodes it. Other files are listed as skipped.
@@ -149,6 +150,28 @@ def missing_data_message(name: str, data_dir: str, manual_dir: str) -> str:
             f"(--config.data_dir) and config.download is False. {how}")
 
 
+def download_failed_message(name: str, data_dir: str, manual_dir: str,
+                            error: Exception) -> str:
+    """Why ``config.download=True`` failed, and what to do."""
+    cause = f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
+    if isinstance(error, ModuleNotFoundError):
+        how = (f"TensorFlow Datasets needs the module {error.name!r} to "
+               "download and prepare data sets: install the training "
+               "dependencies (pip install -e '.[train]') or pip install "
+               f"{error.name}.")
+    elif dataset_family(name) == "imagenet2012":
+        how = missing_data_message(name, data_dir, manual_dir).split(
+            "config.download is False. ", 1)[1]
+    else:
+        where = data_dir or os.environ.get(
+            "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+        how = ("Check this machine's network access, or run `tfds build "
+               f"{name} --data_dir={where}` on one that has it and copy that "
+               "directory here.")
+    return (f"preparing TFDS data set {name!r} with config.download=True "
+            f"failed ({cause}). {how}")
+
+
 def _tfds_builder(config):
     data_dir = config.data_dir or None
     builder = tfds.builder(config.dataset, data_dir=data_dir)
@@ -158,10 +181,9 @@ def _tfds_builder(config):
         try:
             builder.download_and_prepare(download_config=download_config)
         except Exception as error:  # Network, manual files: add guidance.
-            raise RuntimeError(
-                f"preparing {config.dataset!r} failed: {error}\n"
-                + missing_data_message(config.dataset, config.data_dir,
-                                       config.manual_dir)) from error
+            raise DataError(download_failed_message(
+                config.dataset, config.data_dir, config.manual_dir,
+                error)) from error
     return builder
 
 
