@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -358,3 +359,48 @@ def test_train_extra_declares_what_downloads_need():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert any(r.startswith("importlib_resources")
                for r in project["optional-dependencies"]["train"])
+
+
+# --- A full disk while saving. ---
+
+def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path,
+                                                          monkeypatch):
+    import orbax.checkpoint as ocp
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step != 4:
+            return real_save(self, step, *args, **kwargs)
+        # What orbax leaves and raises when tensorstore hits a full disk.
+        partial = (pathlib.Path(self.directory) /
+                   f"{step}.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp")
+        partial.mkdir(parents=True)
+        (partial / "chunk").write_bytes(b"x" * 1000)
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params.fc.kernel/0" in OCDBT '
+            f'database at local file "{partial}/": Failed to write 686069 '
+            "bytes to file 21: No space left on device "
+            "[os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(CheckpointError,
+                       match=r"^no space left on .*checkpoints \(saving step "
+                             r"4\).*earlier checkpoints kept \(2\)"):
+        loop.train_and_evaluate(
+            tiny_config(num_train_steps=8, checkpoint_every_steps=2),
+            tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "2"]
+    assert not (tmp_path / "lock").exists()
+
+
+def test_disk_full_is_recognised_through_wrappers():
+    from train.checkpoint import _no_space
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise RuntimeError("save failed") from e
+    except RuntimeError as wrapped:
+        assert _no_space(wrapped)
+    assert not _no_space(RuntimeError("another failure"))

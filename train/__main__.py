@@ -16,6 +16,7 @@ installed). This file is the only place with process-wide effects: logging
 verbosity, TensorFlow's devices, JAX's distributed runtime.
 """
 
+import errno
 import pathlib
 import re
 import sys
@@ -139,6 +140,11 @@ def main(argv):
             NonFiniteError, ConfigMismatchError, CheckpointError,
             WorkdirError) as e:
         _fail(str(e))
+    except OSError as e:  # Metrics, run files: a full disk, in one line.
+        if e.errno != errno.ENOSPC:
+            raise
+        _fail(f"no space left on {e.filename or workdir}; free space, then "
+              "run the same command to resume.")
     if summary["preempted"]:
         sys.exit(EXIT_PREEMPTED)
 
