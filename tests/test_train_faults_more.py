@@ -372,8 +372,8 @@ def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path,
         if step != 4:
             return real_save(self, step, *args, **kwargs)
         # What orbax leaves and raises when tensorstore hits a full disk.
-        partial = (pathlib.Path(self.directory) /
-                   f"{step}.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp")
+        partial = (pathlib.Path(self.directory) / f"{step}.orbax-checkpoint-tmp"
+                   / "state.orbax-checkpoint-tmp")
         partial.mkdir(parents=True)
         (partial / "chunk").write_bytes(b"x" * 1000)
         raise ValueError(
