@@ -404,3 +404,24 @@ def test_disk_full_is_recognised_through_wrappers():
     except RuntimeError as wrapped:
         assert _no_space(wrapped)
     assert not _no_space(RuntimeError("another failure"))
+
+
+def test_processes_agree_on_sigterm_every_few_steps(monkeypatch):
+    from jax.experimental import multihost_utils
+    from train import preemption
+
+    gathered = []
+
+    def allgather(flag):
+        gathered.append(int(flag))
+        return np.asarray([int(flag), 0])  # Process 1 got no SIGTERM.
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    watcher = preemption.PreemptionWatcher()
+    watcher._handle(signal.SIGTERM, None)
+    every = preemption.SYNC_EVERY_STEPS
+    decisions = [watcher.requested(step) for step in range(1, 2 * every + 1)]
+    # Every process stops at the same step: the first agreement.
+    assert decisions.index(True) == every - 1
+    assert len(gathered) == 2 and every <= 10
