@@ -65,8 +65,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Fault tolerance. A step with a non-finite loss or gradient leaves the
     # state unchanged; this many in a row stop the run.
     config.max_consecutive_nonfinite = 10
-    # Resume a workdir whose saved model, data set or image size differ.
+    # Resume a workdir whose saved model, data set, image size, data order
+    # (batch_size, seed, ...) or schedule length differ.
     config.allow_config_change = False
+    # Start over from step 0 in a workdir whose checkpoints are all gone
+    # (set aside as damaged, or deleted); refused otherwise.
+    config.restart_from_scratch = False
     # Steps whose batch is replaced by NaNs: exercises the guard above.
     config.inject_nonfinite_steps = ()
 

@@ -13,6 +13,9 @@ readable the run stops rather than start over.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging as py_logging
 import pathlib
 import shutil
 import time
@@ -26,7 +29,7 @@ from absl import logging
 from train import checkpoint_integrity as integrity
 from train.steps import TrainState
 from train.workdir import (BEST_DIR, DAMAGED_DIR, LATEST_DIR, load_config,
-                           load_dataset_info)
+                           load_dataset_info, record_checkpoint)
 
 
 class CheckpointError(RuntimeError):
@@ -59,15 +62,39 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         if step in manager.all_steps():
             return
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(flax.serialization.to_state_dict(
-                state)),
-            metadata=ocp.args.JsonSave(dict(metadata, step=step))))
-        manager.wait_until_finished()
+        try:
+            with _quiet_disk_full():
+                manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(
+                        flax.serialization.to_state_dict(state)),
+                    metadata=ocp.args.JsonSave(dict(metadata, step=step))))
+                manager.wait_until_finished()
+        except Exception as e:
+            if not _no_space(e):
+                raise
+            self._remove_failed_save(kind, step)
+            kept = sorted(self.latest.all_steps())
+            raise CheckpointError(
+                f"no space left on {self.workdir / kind} (saving step {step});"
+                " removed what the save left, earlier checkpoints kept "
+                f"({', '.join(map(str, kept)) or 'none'}). Free space, then "
+                "run the same command to resume.") from None
         if jax.process_index() == 0:
             integrity.write_manifest(self.workdir, kind, step,
                                      self._step_dir(kind, step))
             integrity.prune(self.workdir, kind, manager.all_steps())
+            record_checkpoint(self.workdir, step)
+
+    def _remove_failed_save(self, kind: str, step: int) -> None:
+        """Deletes orbax's temporary folders (and an unfinished step) so
+        that a failed save does not keep filling the disk."""
+        if jax.process_index() == 0:
+            parent = self.workdir / kind
+            for partial in [*parent.glob(f"{step}.orbax-checkpoint-tmp*"),
+                            parent / str(step)]:
+                shutil.rmtree(partial, ignore_errors=True)
+        manager = self.best if kind == BEST_DIR else self.latest
+        manager.reload()
 
     def _step_dir(self, kind: str, step: int) -> pathlib.Path:
         return (self.workdir / kind / str(step)).absolute()
@@ -117,7 +144,8 @@ class Checkpointer:
             f"every checkpoint in {self.workdir / LATEST_DIR} is damaged "
             f"({'; '.join(problems)}); they were moved to "
             f"{self.workdir / DAMAGED_DIR}. Not starting from scratch: "
-            "use a new --workdir for that.")
+            "pass --config.restart_from_scratch=True for that, or use a new "
+            "--workdir.")
 
     def _set_aside(self, step: int, problem: str) -> None:
         """Moves a damaged step out of orbax's sight (so the step can be
@@ -141,6 +169,46 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class _DiskFullFilter(py_logging.Filter):
+    """Drops log records about a full disk: orbax logs one traceback per
+    thread and array; :meth:`Checkpointer.save` says it in one line."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (_no_space(error) if error else
+                    "No space left on device" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_disk_full():
+    logger = py_logging.getLogger("absl")
+    quiet = _DiskFullFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it, through orbax's and
+    tensorstore's wrappers) is a full disk."""
+    seen = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e):  # tensorstore's message.
+            return True
+        todo += [e.__cause__, e.__context__,
+                 *getattr(e, "exceptions", ())]
+    return False
 
 
 def _local_target(state_dir: pathlib.Path):

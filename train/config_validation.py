@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import ml_collections
@@ -21,8 +22,12 @@ def dataset_family(name: str) -> str:
     return str(name).split("/", 1)[0].split(":", 1)[0]
 
 
+class ConfigError(ValueError):
+    """A config field has a value the trainer cannot use."""
+
+
 def _fail(field, value, rule):
-    raise ValueError(f"config.{field} (={value!r}) {rule}")
+    raise ConfigError(f"config.{field} (={value!r}) {rule}")
 
 
 def _is_int(value):
@@ -40,6 +45,9 @@ def _number(config, field, low=None, high=None, low_open=False,
     value = config[field]
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         _fail(field, value, "must be a number.")
+    # NaN passes every comparison below; inf makes the schedule NaN.
+    if not math.isfinite(value):
+        _fail(field, value, "must be a finite number.")
     if low is not None and (value < low or (low_open and value == low)):
         _fail(field, value, f"must be {'>' if low_open else '>='} {low}.")
     if high is not None and (value > high or (high_open and value == high)):
@@ -51,6 +59,20 @@ def _choice(config, field, choices):
         _fail(field, config[field], f"must be one of {choices}.")
 
 
+def _nonfinite_fields(config, prefix=""):
+    """``(name, value)`` of every NaN or infinite float, nested ones too."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _nonfinite_fields(value, f"{name}.")
+        elif isinstance(value, (list, tuple)):
+            if any(isinstance(v, float) and not math.isfinite(v)
+                   for v in value):
+                yield name, tuple(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield name, value
+
+
 def validate_config(config: ml_collections.ConfigDict,
                     num_devices: int | None = None,
                     num_processes: int = 1) -> None:
@@ -60,6 +82,8 @@ def validate_config(config: ml_collections.ConfigDict,
     devices (and over the gradient-accumulation micro-batches), and with
     ``num_processes`` over the processes (hosts).
     """
+    for field, value in _nonfinite_fields(config):
+        _fail(field, value, "must be a finite number.")
     if config.model != "custom" and config.model not in (
             resnext_jax.list_models()):
         _fail("model", config.model,
@@ -101,7 +125,8 @@ def validate_config(config: ml_collections.ConfigDict,
     _choice(config, "lr_schedule", SCHEDULES)
     _number(config, "warmup_epochs", 0)
     for epoch in config.lr_decay_epochs:
-        if not isinstance(epoch, numbers.Real) or epoch <= 0:
+        if (not isinstance(epoch, numbers.Real) or not math.isfinite(epoch)
+                or epoch <= 0):
             _fail("lr_decay_epochs", tuple(config.lr_decay_epochs),
                   "must hold positive epoch numbers.")
     if list(config.lr_decay_epochs) != sorted(config.lr_decay_epochs):

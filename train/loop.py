@@ -61,6 +61,7 @@ def setup(config: ml_collections.ConfigDict,
     """Checks the config against the devices, data and workdir; builds the
     data source, model, optimizer and compiled steps. Writes nothing."""
     distributed.check_initialized(config)
+    workdir_lib.check_usable(workdir)
     mesh = mesh_lib.make_mesh()
     validate_config(config, num_devices=mesh.size,
                     num_processes=jax.process_count())
@@ -185,11 +186,14 @@ class PeriodicActions:
             done == self.run.total_steps)
         do_save = done % config.checkpoint_every_steps == 0 or (
             done == self.end_step)
+        # SIGTERM is honoured at the next step, not the next logging step:
+        # the grace period before the kill is short.
+        stop = self._check_preemption(done)
+        do_save = do_save or stop
         if done % config.log_every_steps == 0 or do_eval or do_save:
             # Before any save: a run that must stop keeps its last good
             # checkpoint as it was.
             self._check_nonfinite(done)
-            do_save = self._check_preemption(done) or do_save
             self._log_train(done)
         self.bar.update(1)
         if do_eval:
@@ -223,7 +227,7 @@ class PeriodicActions:
         self._flags, self._flags_from = [], done + 1
 
     def _check_preemption(self, done: int) -> bool:
-        if self.preempted or not self.preemption.requested():
+        if self.preempted or not self.preemption.requested(done):
             return False
         self.preempted = True
         print(f"Preempted (SIGTERM): saving a checkpoint at step {done} and "
@@ -276,17 +280,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # Whatever ends the run (done, SIGTERM, an error), what was opened is
     # closed, in reverse order.
     with contextlib.ExitStack() as resources:
+        _lock_workdir(run, resources)
         preemption = resources.enter_context(PreemptionWatcher())
         checkpoints = resources.enter_context(contextlib.closing(
             checkpoint.Checkpointer(run.workdir, config.keep_checkpoints)))
         state, best_accuracy, resumed = _restore(run, checkpoints)
         start_step = int(jax.device_get(state.step))
+        if resumed:
+            workdir_lib.check_resumable(run.workdir, config, start_step)
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
         finished = workdir_lib.read_summary(run.workdir)
         if start_step >= run.total_steps and finished is not None:
             return _report_finished(run, start_step, finished)
         if run.is_writer:
-            workdir_lib.save_run_files(run.workdir, config, run.source.info())
+            changes = workdir_lib.save_run_files(
+                run.workdir, config, run.source.info(), step=start_step)
+            if changes:
+                print(f"Config changed at step {start_step}: " + "; ".join(
+                    f"{k}: {old!r} -> {new!r}"
+                    for k, (old, new) in changes.items())
+                    + f". {workdir_lib.CONFIG_FILE} now holds the new config;"
+                    f" every earlier one is in "
+                    f"{run.workdir / workdir_lib.CONFIG_HISTORY_FILE}.",
+                    flush=True)
             if resumed:
                 print(f"Resuming from step {start_step} of "
                       f"{run.total_steps} "
@@ -330,12 +346,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return summary
 
 
+def _lock_workdir(run: Run, resources: contextlib.ExitStack) -> None:
+    """Process 0 locks the workdir until the run ends; every process stops
+    if it could not."""
+    error = None
+    if run.is_writer:
+        try:
+            resources.enter_context(workdir_lib.WorkdirLock(run.workdir))
+        except workdir_lib.WorkdirError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = multihost_utils.broadcast_one_to_all(
+            np.int32(error is not None))
+        if failed and error is None:
+            raise workdir_lib.WorkdirError(
+                f"process 0 could not lock {run.workdir} (see its error).")
+    if error is not None:
+        raise error
+
+
 def _restore(run: Run, checkpoints: checkpoint.Checkpointer):
     """``(state, best accuracy, resumed)``: the latest intact checkpoint's,
-    or a fresh state."""
+    or a fresh state (refused where checkpoints were lost, see
+    :func:`train.workdir.check_fresh_start`)."""
     state = run.init_state()
     restored = checkpoints.restore_latest(state)
     if restored is None:
+        workdir_lib.check_fresh_start(run.workdir, run.config)
         return state, -1.0, False
     state, meta = restored
     return state, meta.get("best_eval_accuracy", -1.0), True

@@ -1,4 +1,4 @@
-"""Counting train steps whose loss or gradient was not finite.
+"""Counting train steps whose loss, gradient or new state was not finite.
 
 The train step itself skips such an update (see :func:`train.steps.
 make_train_step`); this host-side guard logs each one and stops the run after
@@ -11,7 +11,8 @@ from absl import logging
 
 
 class NonFiniteError(RuntimeError):
-    """Too many consecutive train steps had a non-finite loss or gradient."""
+    """Too many consecutive train steps had a non-finite loss, gradient or
+    new state."""
 
 
 class NonFiniteGuard:
@@ -34,7 +35,8 @@ class NonFiniteGuard:
                 continue
             self.consecutive += 1
             self.total += 1
-            message = (f"step {step}: non-finite loss or gradient, update "
+            message = (f"step {step}: non-finite loss, gradient or updated "
+                       "state, update "
                        f"skipped ({self.consecutive} in a row, "
                        f"{self.total} in this run).")
             logging.warning(message)
@@ -42,7 +44,8 @@ class NonFiniteGuard:
             if self.consecutive >= self.max_consecutive:
                 raise NonFiniteError(
                     f"{self.consecutive} consecutive train steps (up to step "
-                    f"{step}) had a non-finite loss or gradient, reaching "
+                    f"{step}) had a non-finite loss, gradient or updated "
+                    "state, reaching "
                     f"config.max_consecutive_nonfinite (="
                     f"{self.max_consecutive}); stopping. The last checkpoint "
                     "holds the state before them: lower the learning rate or "

@@ -124,9 +124,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         metrics = pmean({"loss": loss, "accuracy": accuracy})
         metrics["learning_rate"] = jnp.asarray(schedule(state.step),
                                                jnp.float32)
-        # After the pmean every device sees the same loss and gradient, so
-        # all of them take the same decision.
-        finite = all_finite((metrics["loss"], grads))
+        # After the pmean every device sees the same loss, gradient and so
+        # new state (BatchNorm averages its statistics over the axis), so all
+        # of them take the same decision. The new state is checked too:
+        # finite gradients still give a NaN update when a hyperparameter
+        # (learning rate, momentum, weight decay) is NaN or overflows.
+        finite = all_finite((metrics["loss"], grads, params, opt_state,
+                             batch_stats))
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         updated = state.replace(step=state.step + 1, params=params,
                                 batch_stats=batch_stats, opt_state=opt_state)

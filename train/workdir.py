@@ -3,7 +3,8 @@ checkpoints.
 
 ::
 
-  config.json          the config of the run
+  config.json          the config of the run (the latest, if it changed)
+  config_history.jsonl every config the run was started with, and when
   dataset.json         class names, sizes, the eval preprocessing spec
   metrics.jsonl        one JSON line per log/eval point
   tensorboard/         the same as TensorBoard events
@@ -13,6 +14,9 @@ checkpoints.
   damaged/             checkpoints found damaged on resume, set aside
   model/               the model bundle (resnext_jax.load_pretrained)
   summary.json         the figures of a completed run
+  first_checkpoint.json  written at the first save: the workdir has held
+                       checkpoints, so losing them all is not a fresh start
+  lock                 pid and host of the run using the workdir
 
 Every other module takes its paths from here.
 """
@@ -20,7 +24,10 @@ Every other module takes its paths from here.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import socket
+import time
 
 import ml_collections
 from resnext_jax import bundle
@@ -35,24 +42,84 @@ CHECKSUM_DIR = "checksums"
 DAMAGED_DIR = "damaged"
 MODEL_DIR = bundle.WORKDIR_BUNDLE
 SUMMARY_FILE = "summary.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+FIRST_CHECKPOINT_FILE = "first_checkpoint.json"
+LOCK_FILE = "lock"
 
 # What the saved parameters depend on: changing any of these makes the
 # checkpoint describe another network (or classes).
 MODEL_FIELDS = ("model", "model_kwargs", "dataset", "image_size")
+# What gives a step its batch (the data position is the step) and its
+# learning rate: a resumed run with other values would continue another
+# run's data order or schedule. The learning rate itself, momentum and
+# weight decay may change (lowering the rate is the remedy for a diverging
+# run).
+RESUME_FIELDS = ("batch_size", "seed", "shuffle_buffer_size", "train_split",
+                 "folder_eval_fraction", "num_train_steps", "num_epochs",
+                 "lr_schedule", "warmup_epochs", "lr_decay_epochs")
+# Switches of one invocation, not part of what a run is.
+_SWITCHES = ("allow_config_change", "restart_from_scratch", "progress_bar",
+             "coordinator_address", "num_processes", "process_id")
 
 
 class ConfigMismatchError(ValueError):
-    """The workdir was trained with a different model or data set."""
+    """The workdir was trained with a different model, data set, data order
+    or schedule."""
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used as asked: not a writable directory, in
+    use by another run, or it lost the checkpoints it held."""
+
+
+def _to_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def config_changes(saved: dict, new: dict) -> dict:
+    """``{field: [saved, new]}`` for every field that differs (but for the
+    switches of one invocation)."""
+    return {k: [saved.get(k), new.get(k)]
+            for k in sorted(set(saved) | set(new))
+            if k not in _SWITCHES and not _same(saved.get(k), new.get(k))}
+
+
+def _append_history(workdir: pathlib.Path, record: dict) -> None:
+    with open(workdir / CONFIG_HISTORY_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def save_run_files(workdir: str | pathlib.Path,
                    config: ml_collections.ConfigDict,
-                   dataset_info: dict) -> None:
-    """Writes ``config.json`` and ``dataset.json``."""
+                   dataset_info: dict, step: int = 0) -> dict:
+    """Writes ``config.json`` and ``dataset.json``; returns the fields that
+    changed since the config of the run so far (see :func:`config_changes`).
+
+    Every config a run is started with is appended to
+    ``config_history.jsonl`` (with ``step``, where it took over), so a
+    changed config never erases the earlier one.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+    new = _to_dict(config)
+    path = workdir / CONFIG_FILE
+    history = workdir / CONFIG_HISTORY_FILE
+    changes = {}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changes = config_changes(saved, new)
+        if not history.is_file():  # A workdir of an earlier version.
+            _append_history(workdir, {"step": None, "config": saved})
+    if changes or not history.is_file():
+        _append_history(workdir, {"step": int(step), "time": time.time(),
+                                  "changes": changes, "config": new})
+    path.write_text(config.to_json_best_effort(indent=2))
     (workdir / DATASET_FILE).write_text(json.dumps(dataset_info, indent=2))
+    return changes
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -78,6 +145,148 @@ def read_summary(workdir: str | pathlib.Path) -> dict | None:
 def write_summary(workdir: str | pathlib.Path, summary: dict) -> None:
     (pathlib.Path(workdir) / SUMMARY_FILE).write_text(
         json.dumps(summary, indent=2))
+
+
+def check_usable(workdir: str | pathlib.Path) -> None:
+    """Raises :class:`WorkdirError` when ``workdir`` is a file, or cannot
+    be created or written. Writes nothing."""
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is a file, not a directory: "
+                           "name a directory (new, or of an earlier run).")
+    existing = workdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WorkdirError(f"--workdir {workdir} cannot be created: "
+                           f"{existing} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir {workdir} is not writable ({existing}"
+                           ": permission denied or read-only file system); "
+                           "name another --workdir.")
+
+
+def record_checkpoint(workdir: str | pathlib.Path, step: int) -> None:
+    """Notes (once) that the workdir holds checkpoints."""
+    path = pathlib.Path(workdir) / FIRST_CHECKPOINT_FILE
+    if not path.is_file():
+        path.write_text(json.dumps({"step": int(step), "time": time.time()}))
+
+
+def check_fresh_start(workdir: str | pathlib.Path,
+                      config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`WorkdirError` when a workdir with no checkpoint left
+    has held some (they were set aside as damaged, or deleted), unless
+    ``config.restart_from_scratch``: a requeued job must not silently start
+    over from step 0."""
+    workdir = pathlib.Path(workdir)
+    damaged = workdir / DAMAGED_DIR
+    held = (workdir / FIRST_CHECKPOINT_FILE).is_file() or (
+        damaged.is_dir() and any(damaged.iterdir()))
+    if held and not config.restart_from_scratch:
+        raise WorkdirError(
+            f"{workdir} held checkpoints but none is left to resume from "
+            f"(damaged ones are in {damaged}). To start over from step 0 in "
+            "this workdir pass --config.restart_from_scratch=True, or use a "
+            "new --workdir.")
+
+
+def check_resumable(workdir: str | pathlib.Path,
+                    config: ml_collections.ConfigDict, step: int) -> None:
+    """Raises :class:`ConfigMismatchError` naming the :data:`RESUME_FIELDS`
+    whose values differ from the run's, unless
+    ``config.allow_config_change``."""
+    workdir = pathlib.Path(workdir)
+    if config.allow_config_change or not (workdir / CONFIG_FILE).is_file():
+        return
+    saved, new = load_config(workdir).to_dict(), _to_dict(config)
+    fields = [f for f in RESUME_FIELDS if not _same(saved.get(f), new.get(f))]
+    if "num_epochs" in fields and saved.get("num_train_steps", -1) > 0 and (
+            new["num_train_steps"] > 0):
+        fields.remove("num_epochs")  # Not used by either.
+    if fields:
+        diffs = "; ".join(f"{f}: {saved.get(f)!r} -> {new.get(f)!r}"
+                          for f in fields)
+        raise ConfigMismatchError(
+            f"resuming {workdir} at step {step} with another data order or "
+            f"learning-rate schedule ({diffs}): the data position and the "
+            "schedule would no longer mean what they did. Use a new "
+            "--workdir, or pass --config.allow_config_change=True to resume "
+            "anyway.")
+
+
+class WorkdirLock:
+    """``<workdir>/lock`` for the duration of a ``with`` block: a second
+    run on the workdir is refused, naming the holder (pid and host). The
+    lock of a process that died without releasing it (``kill -9``) is taken
+    over when it was on this host."""
+
+    def __init__(self, workdir: str | pathlib.Path):
+        self.path = pathlib.Path(workdir) / LOCK_FILE
+        self._me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self._held = False
+
+    def __enter__(self) -> "WorkdirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                             0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if not self._stale(holder):
+                    raise WorkdirError(self._in_use(holder)) from None
+                print(f"WARNING: taking over {self.path} of process "
+                      f"{holder.get('pid')} on {holder.get('host')}, which "
+                      "no longer runs.", flush=True)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(dict(self._me, time=time.time()), f)
+            self._held = True
+            return self
+        raise WorkdirError(f"could not take {self.path}: another run keeps "
+                           "taking it.")
+
+    def __exit__(self, *exc) -> None:
+        if self._held and self._holder() == self._holder_of_me():
+            self.path.unlink(missing_ok=True)
+        self._held = False
+
+    def _holder_of_me(self) -> dict:
+        return {"pid": self._me["pid"], "host": self._me["host"]}
+
+    def _holder(self) -> dict:
+        try:
+            holder = json.loads(self.path.read_text())
+            return {"pid": int(holder["pid"]), "host": str(holder["host"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}  # Being written, or torn.
+
+    def _stale(self, holder: dict) -> bool:
+        if not holder:  # Torn by a crash, unless it is being written now.
+            try:
+                return time.time() - self.path.stat().st_mtime > 10
+            except FileNotFoundError:
+                return True
+        if holder["host"] != self._me["host"]:
+            return False  # Cannot tell: another machine's process.
+        if holder["pid"] == self._me["pid"]:
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _in_use(self, holder: dict) -> str:
+        who = (f"process {holder['pid']} on host {holder['host']}"
+               if holder else "a run that is starting")
+        return (f"{self.path.parent} is in use by {who} ({self.path}); wait "
+                "for that run to end, or use another --workdir. If that "
+                f"process is gone (on another host), delete {self.path}.")
 
 
 def differences(saved: dict, config: ml_collections.ConfigDict,

@@ -15,9 +15,9 @@ import numpy as np
 
 from train.config_validation import dataset_family
 from train.data.digits import create_digits_source
-from train.data.source import Batch, DataSource
+from train.data.source import Batch, DataError, DataSource
 
-__all__ = ("Batch", "DataSource", "create_data_source",
+__all__ = ("Batch", "DataError", "DataSource", "create_data_source",
            "hide_accelerators_from_tensorflow", "inject_nonfinite",
            "needs_tensorflow")
 

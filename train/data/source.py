@@ -19,6 +19,10 @@ from resnext_jax import Preprocessing
 Batch = dict[str, np.ndarray]
 
 
+class DataError(RuntimeError):
+    """A data set could not be found or prepared."""
+
+
 @dataclasses.dataclass
 class DataSource:
     """A data set as the training loop sees it (one host's view)."""

@@ -13,6 +13,7 @@ resumes its data position (``train_batches(start_step)``).
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import pathlib
@@ -22,14 +23,19 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 from resnext_jax import Preprocessing
 
 from train.config_validation import dataset_family
-from train.data.image_check import filter_images
-from train.data.source import (Batch, DataSource, local_batch_size,
-                               num_eval_steps, padded_eval_batches, seed_for)
+from train.data.image_check import BadImageError, filter_images
+from train.data.source import (Batch, DataError, DataSource,
+                               local_batch_size, num_eval_steps,
+                               padded_eval_batches, seed_for)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What tf.io.decode_image (training) and Pillow (eval, predict) both read;
+# WebP where this TensorFlow decodes it. Other files are listed as skipped.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif") + (
+    (".webp",) if hasattr(tf.io, "decode_webp") else ())
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -144,6 +150,28 @@ def missing_data_message(name: str, data_dir: str, manual_dir: str) -> str:
             f"(--config.data_dir) and config.download is False. {how}")
 
 
+def download_failed_message(name: str, data_dir: str, manual_dir: str,
+                            error: Exception) -> str:
+    """Why ``config.download=True`` failed, and what to do."""
+    cause = f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
+    if isinstance(error, ModuleNotFoundError):
+        how = (f"TensorFlow Datasets needs the module {error.name!r} to "
+               "download and prepare data sets: install the training "
+               "dependencies (pip install -e '.[train]') or pip install "
+               f"{error.name}.")
+    elif dataset_family(name) == "imagenet2012":
+        how = missing_data_message(name, data_dir, manual_dir).split(
+            "config.download is False. ", 1)[1]
+    else:
+        where = data_dir or os.environ.get(
+            "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+        how = ("Check this machine's network access, or run `tfds build "
+               f"{name} --data_dir={where}` on one that has it and copy that "
+               "directory here.")
+    return (f"preparing TFDS data set {name!r} with config.download=True "
+            f"failed ({cause}). {how}")
+
+
 def _tfds_builder(config):
     data_dir = config.data_dir or None
     builder = tfds.builder(config.dataset, data_dir=data_dir)
@@ -153,10 +181,9 @@ def _tfds_builder(config):
         try:
             builder.download_and_prepare(download_config=download_config)
         except Exception as error:  # Network, manual files: add guidance.
-            raise RuntimeError(
-                f"preparing {config.dataset!r} failed: {error}\n"
-                + missing_data_message(config.dataset, config.data_dir,
-                                       config.manual_dir)) from error
+            raise DataError(download_failed_message(
+                config.dataset, config.data_dir, config.manual_dir,
+                error)) from error
     return builder
 
 
@@ -181,14 +208,64 @@ def _tfds_split(builder, config, split, process_index, process_count,
 
 
 def _folder_files(root: pathlib.Path):
+    """Class names, image files and labels, and ``(label, path)`` of the
+    files of other types (hidden files aside)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files, labels = [], []
+    files, labels, skipped = [], [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
                 files.append(str(path))
                 labels.append(label)
-    return classes, files, labels
+            else:
+                skipped.append((label, str(path)))
+    return classes, files, labels, skipped
+
+
+def _report_skipped(skipped: list[tuple[int, str]]) -> None:
+    if not skipped:
+        return
+    shown = [f"  {path}" for _, path in skipped[:20]]
+    if len(skipped) > 20:
+        shown.append(f"  ... and {len(skipped) - 20} more")
+    message = (f"skipping {len(skipped)} file(s) of unsupported types "
+               f"(supported: {' '.join(IMAGE_EXTENSIONS)}):\n"
+               + "\n".join(shown))
+    logging.warning(message)
+    print(f"WARNING: {message}", flush=True)
+
+
+def _check_every_class_trains(classes, found, skipped, train_l, eval_l):
+    """Raises :class:`BadImageError` naming each class left with no
+    training image, and why: a class nobody can learn is never trained."""
+    trains, evals = collections.Counter(train_l), collections.Counter(eval_l)
+    unsupported = collections.defaultdict(collections.Counter)
+    for label, path in skipped:
+        unsupported[label][pathlib.Path(path).suffix.lower() or
+                           "no extension"] += 1
+    problems = []
+    for label, name in enumerate(classes):
+        if trains[label]:
+            continue
+        why = []
+        if unsupported[label]:
+            types = ", ".join(f"{n} {ext}" for ext, n in
+                              sorted(unsupported[label].items()))
+            why.append(f"unsupported file types ({types})")
+        unusable = found[label] - evals[label]  # Dropped as bad images.
+        if unusable:
+            why.append(f"{unusable} unusable image(s), listed above")
+        if evals[label]:
+            why.append(f"{evals[label]} image(s), all in the eval split")
+        problems.append(f"class {name!r}: "
+                        + ("; ".join(why) or "no files"))
+    if problems:
+        raise BadImageError(
+            "no training image for " + " | ".join(problems)
+            + f". Supported types: {' '.join(IMAGE_EXTENSIONS)}; convert "
+            "or add images, or remove the class folder.")
 
 
 def _folder_splits(config):
@@ -202,18 +279,20 @@ def _folder_splits(config):
     if not root.is_dir():
         raise FileNotFoundError(
             f"config.data_dir (={config.data_dir!r}) is not a directory; "
-            "give a folder with one subfolder of JPEG/PNG images per class.")
+            "give a folder with one subfolder of images per class.")
     eval_dirs = [root / n for n in ("val", "validation", "test")
                  if (root / n).is_dir()]
     if (root / "train").is_dir() and eval_dirs:
-        classes, train_f, train_l = _folder_files(root / "train")
-        eval_classes, eval_f, eval_l = _folder_files(eval_dirs[0])
+        classes, train_f, train_l, skipped = _folder_files(root / "train")
+        eval_classes, eval_f, eval_l, eval_skipped = _folder_files(
+            eval_dirs[0])
+        skipped += eval_skipped
         if eval_classes != classes:
             raise ValueError(
                 f"{eval_dirs[0]} has classes {eval_classes}, but "
                 f"{root / 'train'} has {classes}: they must match.")
     else:
-        classes, files, labels = _folder_files(root)
+        classes, files, labels, skipped = _folder_files(root)
         train_f, train_l, eval_f, eval_l = [], [], [], []
         rng = np.random.default_rng(0)  # The split never depends on seed.
         for label in range(len(classes)):
@@ -225,6 +304,8 @@ def _folder_splits(config):
                                                                  train_l)
                 target[0].append(mine[i])
                 target[1].append(label)
+    _report_skipped(skipped)
+    found = collections.Counter(train_l + eval_l)
     train_f, train_l = filter_images(train_f, train_l, config.bad_images)
     eval_f, eval_l = filter_images(eval_f, eval_l, config.bad_images)
     if len(classes) < 2:
@@ -232,6 +313,7 @@ def _folder_splits(config):
             f"config.data_dir (={config.data_dir!r}) holds {len(classes)} "
             "class folder(s); an image folder needs one subfolder per class, "
             "at least two.")
+    _check_every_class_trains(classes, found, skipped, train_l, eval_l)
     if not train_f or not eval_f:
         raise ValueError(f"config.data_dir (={config.data_dir!r}) has no "
                          f"{'training' if not train_f else 'eval'} images "
