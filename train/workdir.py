@@ -186,7 +186,7 @@ def check_fresh_start(workdir: str | pathlib.Path,
     if held and not config.restart_from_scratch:
         raise WorkdirError(
             f"{workdir} held checkpoints but none is left to resume from "
-            f"(damaged ones are in {damaged}). To start over from step 0 in "
+            f"(set aside as damaged in {damaged}, or deleted). To start over from step 0 in "
             "this workdir pass --config.restart_from_scratch=True, or use a "
             "new --workdir.")
 
@@ -227,9 +227,9 @@ class WorkdirLock:
         self._held = False
 
     def __enter__(self) -> "WorkdirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
                              0o644)
             except FileExistsError:
@@ -241,6 +241,9 @@ class WorkdirLock:
                       "no longer runs.", flush=True)
                 self.path.unlink(missing_ok=True)
                 continue
+            except OSError as e:  # What check_usable could not foresee.
+                raise WorkdirError(f"cannot write {self.path}: {e.strerror}; "
+                                   "name another --workdir.") from None
             with os.fdopen(fd, "w") as f:
                 json.dump(dict(self._me, time=time.time()), f)
             self._held = True
@@ -249,12 +252,9 @@ class WorkdirLock:
                            "taking it.")
 
     def __exit__(self, *exc) -> None:
-        if self._held and self._holder() == self._holder_of_me():
+        if self._held and self._holder() == self._me:
             self.path.unlink(missing_ok=True)
         self._held = False
-
-    def _holder_of_me(self) -> dict:
-        return {"pid": self._me["pid"], "host": self._me["host"]}
 
     def _holder(self) -> dict:
         try:
