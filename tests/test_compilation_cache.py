@@ -46,6 +46,16 @@ def test_predict_fills_the_cache_and_reuses_it(tmp_path):
 
 
 def test_cache_setting_is_left_to_the_user(tmp_path, monkeypatch):
+    # Other tests of this session may have set a cache: start from none.
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        _check_cache_settings(tmp_path, monkeypatch)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def _check_cache_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNEXT_JAX_CACHE_DIR", "off")
     assert compilation_cache.enable_compilation_cache() is None
     monkeypatch.setenv("RESNEXT_JAX_CACHE_DIR", str(tmp_path / "c"))

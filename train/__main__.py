@@ -62,10 +62,14 @@ _WORKDIR = flags.DEFINE_string(
 
 def setup_process(config) -> None:
     """The process-wide effects of a run, before anything touches a device:
-    TensorFlow (which only feeds data) kept off the accelerators, and JAX's
-    distributed runtime started when the config or environment asks."""
+    TensorFlow (which only feeds data) kept off the accelerators, JAX's
+    distributed runtime started when the config or environment asks, and
+    JAX's persistent compilation cache on (a restarted run compiles nothing;
+    RESNEXT_JAX_CACHE_DIR moves it or turns it off)."""
+    import resnext_jax  # pylint: disable=import-outside-toplevel
     from train import data, distributed  # pylint: disable=import-outside-toplevel
 
+    resnext_jax.enable_compilation_cache()
     if data.needs_tensorflow(config):
         data.hide_accelerators_from_tensorflow()
     distributed.initialize(config)
