@@ -74,3 +74,40 @@ def randomize(variables, seed=0):
 def images():
     return jax.random.normal(jax.random.PRNGKey(42), (2, 32, 32, 3),
                              jnp.float32)
+
+
+def randomize_batchnorm(net, torch, seed, image_size=224):
+    """Random BN affine parameters and running statistics, none a no-op.
+
+    Statistics drawn from nothing would let activations grow block by block
+    to logits in the thousands, where float32 rounding alone exceeds the
+    tolerance. So the statistics are measured on a random batch first (as
+    training would) and then perturbed at random.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [(name, m) for name, m in net.named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for name, norm in norms:
+            n = norm.num_features
+            # Residual branches end in small scales, as in trained networks;
+            # otherwise 33 blocks of ResNeXt-101 add up to logits over 100.
+            low, high = (0.1, 0.5) if name.endswith("bn3") else (0.5, 1.5)
+            norm.weight.copy_(low + (high - low) * torch.rand(
+                n, generator=generator))
+            norm.bias.copy_(0.1 * torch.randn(n, generator=generator))
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average: stats of this batch
+        net.train()
+        net(torch.randn(2, 3, image_size, image_size,
+                        generator=generator))
+        for _, norm in norms:
+            n = norm.num_features
+            norm.running_mean.add_(norm.running_var.sqrt() * 0.2 * torch.randn(
+                n, generator=generator))
+            norm.running_var.mul_(0.7 + 0.6 * torch.rand(n,
+                                                          generator=generator))
+            norm.momentum = 0.1
+            # Not carried over (we have no step counter); written back as 0.
+            norm.num_batches_tracked.zero_()
+    return net.eval()

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_variables, tiny_model
+from conftest import random_variables, tiny_model, randomize_batchnorm
 
 import resnext_jax as rx
 from resnext_jax import convert, to_safetensors
@@ -202,42 +202,6 @@ def test_convert_command(tiny, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 # Parity with torchvision (needs torch and torchvision).
 
-def _randomize_torch(net, torch, seed):
-    """Random BN affine parameters and running statistics, none a no-op.
-
-    Statistics drawn from nothing would let activations grow block by block
-    to logits in the thousands, where float32 rounding alone exceeds the
-    tolerance. So the statistics are measured on a random batch first (as
-    training would) and then perturbed at random.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    norms = [(name, m) for name, m in net.named_modules()
-             if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for name, norm in norms:
-            n = norm.num_features
-            # Residual branches end in small scales, as in trained networks;
-            # otherwise 33 blocks of ResNeXt-101 add up to logits over 100.
-            low, high = (0.1, 0.5) if name.endswith("bn3") else (0.5, 1.5)
-            norm.weight.copy_(low + (high - low) * torch.rand(
-                n, generator=generator))
-            norm.bias.copy_(0.1 * torch.randn(n, generator=generator))
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average: stats of this batch
-        net.train()
-        net(torch.randn(2, 3, 224, 224, generator=generator))
-        for _, norm in norms:
-            n = norm.num_features
-            norm.running_mean.add_(norm.running_var.sqrt() * 0.2 * torch.randn(
-                n, generator=generator))
-            norm.running_var.mul_(0.7 + 0.6 * torch.rand(n,
-                                                          generator=generator))
-            norm.momentum = 0.1
-            # Not carried over (we have no step counter); written back as 0.
-            norm.num_batches_tracked.zero_()
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def tv():
     torch = pytest.importorskip("torch")
@@ -258,7 +222,7 @@ def test_torchvision_parity(tv, name, conv_impl):
     torch, torchvision = tv
     start = time.perf_counter()
     torch.manual_seed(0)
-    net = _randomize_torch(getattr(torchvision.models, name)(), torch, 1)
+    net = randomize_batchnorm(getattr(torchvision.models, name)(), torch, 1)
     images = torch.randn(2, 3, 224, 224,
                          generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -307,7 +271,7 @@ def test_timm_parity_both_ways(tv):
     timm_resnet = pytest.importorskip("timm.models.resnet")
     net = timm_resnet.ResNet(block=timm_resnet.Bottleneck, layers=[1, 1, 1, 1],
                              cardinality=4, base_width=4, num_classes=7)
-    net = _randomize_torch(net, torch, 3)
+    net = randomize_batchnorm(net, torch, 3)
     images = np.random.default_rng(1).normal(
         size=(2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():

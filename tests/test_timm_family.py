@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_variables, randomize
+from conftest import random_variables, randomize, randomize_batchnorm
 
 import resnext_jax as rx
 
@@ -204,35 +204,6 @@ def test_shared_names_have_torchvision_keys(timm):
         assert set(_timm_on_meta(timm, name).state_dict()) == tv_keys
 
 
-def _randomize_timm(net, torch, image_size, seed):
-    """Random BN affine parameters and statistics, none a no-op; statistics
-    measured on a random batch (so activations stay in range), then
-    perturbed. SE and ECA weights keep timm's random init."""
-    generator = torch.Generator().manual_seed(seed)
-    norms = [(n, m) for n, m in net.named_modules()
-             if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for name, norm in norms:
-            n = norm.num_features
-            low, high = (0.1, 0.5) if name.endswith("bn3") else (0.5, 1.5)
-            norm.weight.copy_(low + (high - low) * torch.rand(
-                n, generator=generator))
-            norm.bias.copy_(0.1 * torch.randn(n, generator=generator))
-            norm.reset_running_stats()
-            norm.momentum = None
-        net.train()
-        net(torch.randn(2, 3, image_size, image_size, generator=generator))
-        for _, norm in norms:
-            n = norm.num_features
-            norm.running_mean.add_(norm.running_var.sqrt() * 0.2 * torch.randn(
-                n, generator=generator))
-            norm.running_var.mul_(0.7 + 0.6 * torch.rand(
-                n, generator=generator))
-            norm.momentum = 0.1
-            norm.num_batches_tracked.zero_()
-    return net.eval()
-
-
 @pytest.mark.parametrize("name", PARITY_NAMES)
 def test_logits_equal_timm_through_safetensors(timm, name, tmp_path):
     import torch  # pylint: disable=import-outside-toplevel
@@ -240,8 +211,9 @@ def test_logits_equal_timm_through_safetensors(timm, name, tmp_path):
     # 72 pixels: odd feature maps (9 -> 5 -> 3) exercise the ceil-mode pool.
     size = 72
     torch.manual_seed(0)
-    net = _randomize_timm(timm.create_model(name, pretrained=False,
-                                            num_classes=10), torch, size, 1)
+    net = randomize_batchnorm(timm.create_model(name, pretrained=False,
+                                                num_classes=10), torch, 1,
+                              image_size=size)
     images = np.random.default_rng(3).normal(
         size=(2, size, size, 3)).astype(np.float32)
     with torch.no_grad():
