@@ -169,12 +169,14 @@ def part_sanity(args, results: Results):
                       if torch is not None and torch.cuda.is_available()
                       else None))
     n = args.matmul_size
-    a = jnp.ones((n, n), jnp.bfloat16)
+    # Random operands: zeros or ones can run faster than real data.
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
     matmul = jax.jit(lambda a, b: a @ b)
     sec = _median_time(lambda: matmul(a, a), _jax_sync, args.iters,
                        args.repeats, args.warmup)
     system["bf16_matmul_tflops"] = 2 * n ** 3 / sec / 1e12
-    x = jnp.ones((args.copy_mib * 2 ** 20 // 2,), jnp.bfloat16)
+    x = jax.random.normal(jax.random.PRNGKey(1),
+                          (args.copy_mib * 2 ** 20 // 2,), jnp.bfloat16)
     bump = jax.jit(lambda x: x + 1)
     sec = _median_time(lambda: bump(x), _jax_sync, args.iters, args.repeats,
                        args.warmup)
@@ -448,7 +450,7 @@ def _bench_torch_model(args, batch, mode, compiled_mode):
 def part_model(args, results: Results):
     torch, _ = _torch()
     for batch in args.batch_sizes:
-        for mode in ("train", "infer"):
+        for mode in args.modes:
             for dtype in args.dtypes:
                 for impl in args.model_impls:
                     what = f"model {mode} {impl} {dtype} batch {batch}"
@@ -593,6 +595,8 @@ def parse_args(argv=None):
                         default=["bfloat16", "float32"])
     parser.add_argument("--batch-sizes", type=_int_list, default=[128],
                         help="model part; e.g. 128,256 (each adds minutes)")
+    parser.add_argument("--modes", type=_str_list, default=["train", "infer"],
+                        help="model part: train and/or infer")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--conv-batch", type=int, default=128)
     parser.add_argument("--stages", type=_str_list,
@@ -622,6 +626,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.parts) - set(ALL_PARTS))
     if unknown:
         parser.error(f"--parts {unknown} unknown; choose from {ALL_PARTS}")
+    if not args.modes or set(args.modes) - {"train", "infer"}:
+        parser.error(f"--modes {args.modes} must be train and/or infer")
     for impl in args.model_impls + args.check_impls:
         if impl not in rx.CONV_IMPLS:
             parser.error(f"lowering {impl!r} is not one of "
