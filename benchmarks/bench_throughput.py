@@ -67,9 +67,9 @@ def _median_seconds(fn, runs: int, warmup: int) -> tuple[float, float]:
 
 def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
               runs: int, train_runs: int, warmup: int,
-              do_train: bool) -> dict:
+              do_train: bool, model_kwargs: dict | None = None) -> dict:
     model = rx.create_model(name, conv_impl=impl,
-                            dtype=jnp.dtype(dtype))
+                            dtype=jnp.dtype(dtype), **(model_kwargs or {}))
     images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
     labels = jnp.arange(batch) % model.num_classes
     variables = rx.init_variables(model, 0, size)
@@ -191,6 +191,10 @@ def ratios(results: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnext50_32x4d")
+    parser.add_argument("--model-kwargs", type=json.loads, default={},
+                        help="JSON of ResNeXt field overrides for our model "
+                        "(e.g. '{\"stage_sizes\": [1, 1, 1]}'); leaves out "
+                        "torchvision, which has no such variant")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--dtype", default="float32",
@@ -217,6 +221,10 @@ def main(argv=None) -> int:
     for impl in args.impls.split(","):
         impl = impl.strip()
         if impl == "torchvision":
+            if args.model_kwargs:
+                print("torchvision: skipped, --model-kwargs changes the "
+                      "architecture")
+                continue
             if args.model not in TORCH_MODELS:
                 print(f"torchvision: skipped, no torchvision {args.model}")
                 continue
@@ -231,7 +239,7 @@ def main(argv=None) -> int:
             train_runs = args.xla_train_runs if impl == "xla" else args.runs
             r = bench_jax(args.model, impl, args.batch_size, args.image_size,
                           args.dtype, args.runs, train_runs, args.warmup,
-                          not args.no_train)
+                          not args.no_train, args.model_kwargs)
         results.append(r)
         print(f"  measured {r['impl']}: infer {r['infer_img_s']:.2f} img/s"
               + (f", train {r['train_img_s']:.3f} img/s"

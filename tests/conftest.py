@@ -9,10 +9,23 @@ try:
 except ImportError:  # Without the [torch] extra the parity tests skip.
     pass
 
+import atexit
 import os
+import shutil
+import tempfile
 
-# The commands the tests run in-process (predict, export) turn on jax's
-# persistent compilation cache; keep the tests' programs out of the user's.
+# One persistent compilation cache for the whole test session, private to
+# it: the user's cache never sees the tests' programs, and the many runs of
+# the same tiny training program (in this process and in the subprocesses
+# the fault, resume and benchmark tests start, which inherit the variable)
+# compile it once. Set before jax is imported, which reads it then.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="resnext_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The commands turn on the user's cache unless jax already has one (above);
+# "off" keeps them from creating ~/.cache/resnext_jax if it is unset.
 os.environ.setdefault("RESNEXT_JAX_CACHE_DIR", "off")
 
 import jax  # noqa: E402

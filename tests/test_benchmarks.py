@@ -30,9 +30,14 @@ def test_bench_inference_writes_json(tmp_path):
 
 def test_bench_throughput_writes_json(tmp_path):
     out = tmp_path / "throughput.json"
+    # One block per stage: the benchmark's code path at a third of the
+    # compile time.
     stdout = _run("bench_throughput.py", "--model", "resnext29_32x4d",
-                  "--image-size", "16", "--batch-size", "2", "--impls", "auto", "--runs", "1",
+                  "--model-kwargs", '{"stage_sizes": [1, 1, 1]}',
+                  "--image-size", "16", "--batch-size", "2",
+                  "--impls", "auto,torchvision", "--runs", "1",
                   "--warmup", "1", "--json", str(out))
+    assert "torchvision: skipped, --model-kwargs" in stdout
     assert "train img/s" in stdout
     data = json.loads(out.read_text())
     assert data["results"][0]["resolved_impl"] == "dense"

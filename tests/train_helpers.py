@@ -4,20 +4,11 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
-
-import jax
 
 from configs.default import get_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-# Several tests train the same tiny program (a full run and the two halves of
-# a resumed run, for one): a compilation cache private to this test session
-# compiles it once.
-_CACHE_DIR = tempfile.mkdtemp(prefix="train_tests_jax_cache_")
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def tiny_config(**overrides):
