@@ -89,18 +89,21 @@ def _sha256(path):
 
 
 @pytest.fixture(scope="module")
-def finetuned(folder, tmp_path_factory):
-    """A completed fine-tune from a 5-class source: (workdir, source)."""
-    root = tmp_path_factory.mktemp("finetuned")
+def probed(folder, tmp_path_factory):
+    """A completed linear probe (trainable="head") of a 5-class source:
+    (workdir, source). The tests share it: each new train step compiles
+    for a while on a small CPU."""
+    root = tmp_path_factory.mktemp("probed")
     source = _source(root / "source.safetensors")
-    loop.train_and_evaluate(_config(folder, source), root / "run")
+    loop.train_and_evaluate(_config(folder, source, trainable="head"),
+                            root / "run")
     return root / "run", source
 
 
-def test_finetune_from_safetensors_then_predict(finetuned, folder, capsys):
+def test_finetune_from_safetensors_then_predict(probed, folder, capsys):
     from resnext_jax import predict
 
-    workdir, source = finetuned
+    workdir, source = probed
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 3
     record = summary["init_from"]
@@ -141,17 +144,15 @@ def test_learning_rate_zero_exports_the_source_params_bit_for_bit(
                if k.endswith("running_var"))
 
 
-def test_linear_probing_trains_the_head_alone(folder, tmp_path):
-    source = _source(tmp_path / "source.safetensors")
-    config = _config(folder, source, trainable="head")
-    loop.train_and_evaluate(config, tmp_path / "run")
-    before, after = load_file(str(source)), _bundle_weights(tmp_path / "run")
+def test_linear_probing_trains_the_head_alone(probed):
+    workdir, source = probed
+    before, after = load_file(str(source)), _bundle_weights(workdir)
     backbone = [k for k in before if not k.startswith("fc.")]
     for key in backbone:  # BN statistics included.
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     # The classifier moved from its fresh start (head="auto": 5 != 3).
-    fresh = rx.load_torch_state_dict(
-        before, _model(3), head="reinit", rng=config.seed)["params"]["fc"]
+    fresh = rx.load_torch_state_dict(before, _model(3), head="reinit",
+                                     rng=get_config().seed)["params"]["fc"]
     assert after["fc.weight"].shape == (3, before["fc.weight"].shape[1])
     assert not np.allclose(after["fc.weight"], np.asarray(fresh["kernel"]).T)
 
@@ -221,8 +222,8 @@ def test_bundle_source_sets_the_run_preprocessing(folder, tmp_path):
     assert init_from.run_preprocessing(config, spec) is None
 
 
-def test_workdir_source_is_its_model_bundle(finetuned, folder):
-    workdir, _ = finetuned
+def test_workdir_source_is_its_model_bundle(probed, folder):
+    workdir, _ = probed
     variables, record = _load(folder, workdir)
     assert record["kind"] == "workdir" and record["head"] == "keep"
     assert record["path"] == str((workdir / "model" /
@@ -305,13 +306,13 @@ def test_pth_without_torch_is_a_clear_error(folder, tmp_path, monkeypatch):
         init_from.find_source(_config(folder, tmp_path / "w.pth"))
 
 
-def test_resume_never_reads_init_from(finetuned, folder, tmp_path):
+def test_resume_never_reads_init_from(probed, folder, tmp_path):
     """Stopped at step 2 and restarted with the source gone, the run
     continues from its checkpoint to the uninterrupted run's weights."""
-    reference, original = finetuned
+    reference, original = probed
     source = tmp_path / "source.safetensors"
     shutil.copy(original, source)
-    config = _config(folder, source)
+    config = _config(folder, source, trainable="head")
     loop.train_and_evaluate(config, tmp_path / "run", stop_at_step=2)
     source.unlink()
     summary = loop.train_and_evaluate(config, tmp_path / "run")
@@ -319,6 +320,6 @@ def test_resume_never_reads_init_from(finetuned, folder, tmp_path):
     assert summary["init_from"]["sha256"] == _sha256(original)
     resumed, uninterrupted = (_bundle_weights(tmp_path / "run"),
                               _bundle_weights(reference))
-    for key in uninterrupted:
+    for key in uninterrupted:  # The head, trained on from step 2.
         np.testing.assert_array_equal(resumed[key], uninterrupted[key],
                                       err_msg=key)
