@@ -306,7 +306,7 @@ def test_pth_without_torch_is_a_clear_error(folder, tmp_path, monkeypatch):
         init_from.find_source(_config(folder, tmp_path / "w.pth"))
 
 
-def test_resume_never_reads_init_from(probed, folder, tmp_path):
+def test_resume_never_reads_init_from(probed, folder, tmp_path, capsys):
     """Stopped at step 2 and restarted with the source gone, the run
     continues from its checkpoint to the uninterrupted run's weights."""
     reference, original = probed
@@ -315,7 +315,9 @@ def test_resume_never_reads_init_from(probed, folder, tmp_path):
     config = _config(folder, source, trainable="head")
     loop.train_and_evaluate(config, tmp_path / "run", stop_at_step=2)
     source.unlink()
+    capsys.readouterr()
     summary = loop.train_and_evaluate(config, tmp_path / "run")
+    assert "config.init_from is not read again" in capsys.readouterr().out
     assert summary["steps"] == 3
     assert summary["init_from"]["sha256"] == _sha256(original)
     resumed, uninterrupted = (_bundle_weights(tmp_path / "run"),

@@ -325,7 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             if resumed:
                 print(f"Resuming from step {start_step} of "
                       f"{run.total_steps} "
-                      f"({run.workdir / workdir_lib.LATEST_DIR}).")
+                      f"({run.workdir / workdir_lib.LATEST_DIR})"
+                      + ("; config.init_from is not read again."
+                         if config.init_from else "."))
         writer = resources.enter_context(contextlib.closing(
             MetricWriter(run.workdir))) if run.is_writer else None
         bar = resources.enter_context(contextlib.closing(tqdm(
