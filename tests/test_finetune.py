@@ -269,6 +269,9 @@ def _bad_source(tmp_path, kind):
     if kind == "empty directory":
         (tmp_path / "empty").mkdir()
         return tmp_path / "empty", {}
+    if kind == "damaged":
+        (tmp_path / "w.safetensors").write_bytes(b"not a safetensors file")
+        return tmp_path / "w.safetensors", {}
     if kind == "architecture":
         return _source(tmp_path / "s.safetensors", cardinality=2), {}
     if kind == "keep":
@@ -281,6 +284,8 @@ def _bad_source(tmp_path, kind):
                 r"\.safetensors or \.pth/\.pt weights file"),
     ("unknown type", r"is a file of unknown type \(\.npz\)"),
     ("empty directory", r"is a directory without a model bundle"),
+    ("damaged", r"w\.safetensors'\) could not be read: ValueError: .*"
+                r"not a readable \.safetensors file"),
     ("architecture", r"does not fit config\.model \(='custom'.*"
                      r"wrong-shaped tensor\(s\) \(layer1\.0\."),
     ("keep", r"config\.head \(='keep'\) needs .* has 5 classes, the data "

@@ -153,8 +153,11 @@ def load(source: Source, config: ml_collections.ConfigDict,
     Compiles nothing."""
     try:
         state = resnext_jax.read_state_dict(source.weights)
-    except (ValueError, OSError, ImportError) as e:
-        _fail(source.given, f"could not be read: {e}")
+    except Exception as e:  # pylint: disable=broad-except
+        # A damaged or foreign file (torch's unpickler raises many kinds):
+        # the file, not the run, is at fault; say so in one line.
+        _fail(source.given, f"could not be read: {type(e).__name__}: "
+              f"{' '.join(str(e).split())}")
     source_classes = (state["fc.weight"].shape[0] if "fc.weight" in state
                       else 0)
     head = resolve_head(config, source_classes, num_classes)
