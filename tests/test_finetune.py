@@ -1,6 +1,6 @@
 """Fine-tuning from the command line: config.init_from, head, trainable.
 
-A tiny ImageNet-stem ResNeXt (torchvision's tensor names) fine-tuned on a
+A tiny CIFAR-stem ResNeXt (torchvision's tensor names) fine-tuned on a
 folder of 3 classes the tests draw; a few steps at 16x16.
 """
 
@@ -23,7 +23,7 @@ from train.model_factory import build_model
 from train_helpers import tiny_config  # noqa: F401  (the tests' JAX cache)
 
 CLASSES = ["cat", "dog", "fox"]
-MODEL = dict(stage_sizes=(1, 1, 1, 1), stem="imagenet", cardinality=4,
+MODEL = dict(stage_sizes=(1, 1, 1), stem="cifar", cardinality=4,
              base_width=2)
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
