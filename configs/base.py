@@ -17,6 +17,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model_kwargs = ml_collections.ConfigDict()
     config.compute_dtype = "float32"  # or "bfloat16"; params stay float32.
 
+    # Fine-tuning (README, "Fine-tuning"). init_from: "" trains from
+    # scratch; else a torchvision/timm weights file (.safetensors, or
+    # .pth/.pt with torch installed), a model bundle directory or another
+    # run's workdir, read once at step 0 (a resumed run restores its own
+    # checkpoint and never reads it again).
+    config.init_from = ""
+    # The pretrained classifier: "auto" keeps it when its class count is the
+    # data set's, else starts a fresh one; "keep" (an error if the counts
+    # differ); "reinit" (always fresh).
+    config.head = "auto"
+    # "all" fine-tunes every parameter; "head" trains the classifier alone
+    # (linear probing: the backbone, BatchNorm statistics included, frozen).
+    config.trainable = "all"
+
     # Data.
     config.dataset = "digits"  # digits, cifar10, cifar100, imagenet2012,
     #                            imagenette[/<config>], folder
@@ -26,7 +40,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.eval_split = "test"
     config.image_size = 32
-    config.preprocess = "auto"  # auto, digits, cifar, imagenet
+    # auto, digits, cifar, imagenet. With init_from, "auto" evaluates with
+    # the source's preprocessing (interpolation, crop fraction, mean/std).
+    config.preprocess = "auto"
     config.augment = True
     config.shuffle_buffer_size = 10_000
     config.folder_eval_fraction = 0.2  # folder without train/ and val/.

@@ -34,6 +34,7 @@ from resnext_jax.counting import count_flops
 from resnext_jax.counting import count_params
 from resnext_jax.counting import summarize
 from resnext_jax.preprocessing import Preprocessing
+from resnext_jax.pretrained_cfg import pretrained_preprocessing
 
 __all__ = (
     "ATTN_LAYERS",
@@ -57,6 +58,7 @@ __all__ = (
     "load_pretrained",
     "load_torch_state_dict",
     "model_config",
+    "pretrained_preprocessing",
     "read_state_dict",
     "resolve_conv_impl",
     "save_pretrained",

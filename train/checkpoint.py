@@ -211,6 +211,15 @@ def _no_space(error: BaseException) -> bool:
     return False
 
 
+def has_saved_steps(workdir: str | pathlib.Path) -> bool:
+    """Whether ``checkpoints/`` holds a step (orbax names them by their
+    number): the run will resume, or stop if none is readable, but never
+    start from step 0. Reads no checkpoint."""
+    latest = pathlib.Path(workdir) / LATEST_DIR
+    return latest.is_dir() and any(
+        p.is_dir() and p.name.isdigit() for p in latest.iterdir())
+
+
 def _local_target(state_dir: pathlib.Path):
     """Shapes and dtypes of a saved state, placed on this host's first
     device: a checkpoint saved by many devices or hosts loads anywhere."""

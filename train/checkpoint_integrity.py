@@ -16,7 +16,8 @@ import pathlib
 from train.workdir import CHECKSUM_DIR
 
 
-def _digest(path: pathlib.Path) -> str:
+def file_sha256(path: pathlib.Path) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB blocks."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -26,7 +27,7 @@ def _digest(path: pathlib.Path) -> str:
 
 def _files(step_dir: pathlib.Path) -> dict[str, dict]:
     return {str(p.relative_to(step_dir)): {"size": p.stat().st_size,
-                                           "sha256": _digest(p)}
+                                           "sha256": file_sha256(p)}
             for p in sorted(step_dir.rglob("*")) if p.is_file()}
 
 
@@ -66,7 +67,7 @@ def verify(workdir: pathlib.Path, kind: str, step: int,
         if file.stat().st_size != want["size"]:
             return (f"{name} has {file.stat().st_size} bytes, "
                     f"{want['size']} were written")
-        if _digest(file) != want["sha256"]:
+        if file_sha256(file) != want["sha256"]:
             return f"{name} does not match its SHA-256 checksum"
     return None
 

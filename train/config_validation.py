@@ -15,6 +15,8 @@ PREPROCESS = ("auto", "digits", "cifar", "imagenet")
 SCHEDULES = ("cosine", "step")
 DTYPES = ("float32", "bfloat16")
 BAD_IMAGES = ("skip", "fail")
+HEADS = ("auto", "keep", "reinit")
+TRAINABLE = ("all", "head")
 
 
 def dataset_family(name: str) -> str:
@@ -93,6 +95,13 @@ def validate_config(config: ml_collections.ConfigDict,
         _fail("model_kwargs.num_classes", config.model_kwargs.num_classes,
               "is set by the data set; remove it.")
     _choice(config, "compute_dtype", DTYPES)
+    # Whether the source exists and fits is checked where it is read
+    # (train/init_from.py): a resumed run never reads it.
+    if not isinstance(config.init_from, str):
+        _fail("init_from", config.init_from,
+              "must be a path (a string), or '' to train from scratch.")
+    _choice(config, "head", HEADS)
+    _choice(config, "trainable", TRAINABLE)
     if dataset_family(config.dataset) not in DATASETS:
         _fail("dataset", config.dataset, f"must be one of {DATASETS} "
               "(imagenette may carry a TFDS config, e.g. 'imagenette/160px').")

@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from train import (bundle, checkpoint, data as data_lib, distributed,
-                   mesh as mesh_lib, optim, steps, workdir as workdir_lib)
+                   init_from, mesh as mesh_lib, optim, steps,
+                   workdir as workdir_lib)
 from train.config_validation import validate_config, validate_data
 from train.metrics_io import MetricWriter
 from train.model_factory import build_model
@@ -47,6 +48,8 @@ class Run:
     train_step: Callable
     eval_step: Callable
     is_writer: bool  # Process 0 writes the run files, metrics, bundle.
+    # Where a fine-tuning run's weights came from (init_from.json).
+    init_record: dict | None = None
 
 
 def total_train_steps(config: ml_collections.ConfigDict,
@@ -65,11 +68,20 @@ def setup(config: ml_collections.ConfigDict,
     mesh = mesh_lib.make_mesh()
     validate_config(config, num_devices=mesh.size,
                     num_processes=jax.process_count())
-    source = data_lib.create_data_source(config)
+    # Pretrained weights are read only by a run that starts at step 0.
+    init_plan = init_from.plan(config, workdir,
+                               resuming=checkpoint.has_saved_steps(workdir))
+    source = data_lib.create_data_source(
+        config, preprocessing=init_from.run_preprocessing(
+            config, init_plan.source_preprocessing))
     validate_data(config, source)
     workdir_lib.check_compatible(workdir, config, source.num_classes)
     total_steps = total_train_steps(config, source.steps_per_epoch)
     model = build_model(config, source.num_classes)
+    pretrained, init_record = None, init_plan.record
+    if init_plan.source is not None:
+        pretrained, init_record = init_from.load(
+            init_plan.source, config, model, source.num_classes)
     schedule = optim.create_learning_rate_schedule(
         config, source.steps_per_epoch, total_steps)
     tx = optim.create_optimizer(config, schedule)
@@ -79,7 +91,8 @@ def setup(config: ml_collections.ConfigDict,
     train_step = mesh_lib.data_parallel(
         steps.make_train_step(model, tx, schedule,
                               label_smoothing=config.label_smoothing,
-                              grad_accum_steps=config.grad_accum_steps),
+                              grad_accum_steps=config.grad_accum_steps,
+                              frozen_batch_stats=config.trainable == "head"),
         mesh, donate=True, has_state_output=True)
     eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh,
                                        donate=False, has_state_output=False)
@@ -88,8 +101,10 @@ def setup(config: ml_collections.ConfigDict,
         source=source, total_steps=total_steps,
         eval_every=(config.eval_every_steps if config.eval_every_steps > 0
                     else source.steps_per_epoch),
-        init_state=lambda: init(jax.random.PRNGKey(config.seed)),
-        train_step=train_step, eval_step=eval_step, is_writer=jax.process_index() == 0)
+        init_state=lambda: init(jax.random.PRNGKey(config.seed),
+                                variables=pretrained),
+        train_step=train_step, eval_step=eval_step,
+        is_writer=jax.process_index() == 0, init_record=init_record)
 
 
 def evaluate(eval_step, state, source: data_lib.DataSource,
@@ -293,8 +308,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if start_step >= run.total_steps and finished is not None:
             return _report_finished(run, start_step, finished)
         if run.is_writer:
+            fresh_init = run.init_record if not resumed else None
+            if fresh_init:
+                workdir_lib.write_init_record(run.workdir, fresh_init)
             changes = workdir_lib.save_run_files(
-                run.workdir, config, run.source.info(), step=start_step)
+                run.workdir, config, run.source.info(), step=start_step,
+                init_from=fresh_init)
             if changes:
                 print(f"Config changed at step {start_step}: " + "; ".join(
                     f"{k}: {old!r} -> {new!r}"
@@ -306,7 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             if resumed:
                 print(f"Resuming from step {start_step} of "
                       f"{run.total_steps} "
-                      f"({run.workdir / workdir_lib.LATEST_DIR}).")
+                      f"({run.workdir / workdir_lib.LATEST_DIR})"
+                      + ("; config.init_from is not read again."
+                         if config.init_from else "."))
         writer = resources.enter_context(contextlib.closing(
             MetricWriter(run.workdir))) if run.is_writer else None
         bar = resources.enter_context(contextlib.closing(tqdm(
@@ -412,6 +433,7 @@ def _summary(run: Run, actions: PeriodicActions, final_step: int,
         "num_params": int(num_params),
         "num_devices": run.mesh.size,
         "batch_size": run.config.batch_size,
+        "init_from": run.init_record,
     }
 
 

@@ -70,11 +70,26 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
     The decay is added to the gradient before momentum, as in PyTorch's SGD
     and the paper's Torch code, and only where the mask says so.
+    With ``config.trainable="head"`` only the classifier is updated: every
+    other parameter gets a zero update (no decay, no momentum).
     """
     mask = lambda params: weight_decay_mask(  # noqa: E731
         params, config.weight_decay_bn, config.weight_decay_bias)
-    return optax.chain(
+    tx = optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=mask),
         optax.sgd(schedule, momentum=config.momentum or None,
                   nesterov=config.nesterov and bool(config.momentum)),
     )
+    if config.trainable == "head":
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   head_labels)
+    return tx
+
+
+def head_labels(params: Any) -> Any:
+    """A tree like ``params``: "train" for the classifier (``fc``), "frozen"
+    for the backbone."""
+    def label(path, _):
+        return "train" if getattr(path[0], "key", None) == "fc" else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, params)

@@ -32,11 +32,14 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       rng: jax.Array, image_size: int) -> TrainState:
-    """Initial state: fresh variables, optimizer state, step 0."""
+                       rng: jax.Array, image_size: int,
+                       variables: Any = None) -> TrainState:
+    """Initial state, step 0: ``variables`` (pretrained ones, see
+    :mod:`train.init_from`) or fresh ones, and a fresh optimizer state."""
     init_rng, state_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = model.init(init_rng, dummy, train=False)
+    if variables is None:
+        dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+        variables = model.init(init_rng, dummy, train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
@@ -55,7 +58,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, label_smoothing: float = 0.0,
-                    grad_accum_steps: int = 1,
+                    grad_accum_steps: int = 1, frozen_batch_stats: bool = False,
                     axis_name: str | None = AXIS) -> Callable:
     """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -64,19 +67,26 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     k micro-batches whose gradients are averaged (BatchNorm statistics are
     updated after each); the optimizer steps once. ``model`` must be built
     with ``axis_name`` so that BatchNorm averages its statistics across
-    devices.
+    devices. ``frozen_batch_stats`` runs the model in eval mode (BatchNorm
+    normalizes with, and keeps, its running statistics): linear probing.
     """
 
     def pmean(tree):
         return lax.pmean(tree, axis_name) if axis_name else tree
 
     def loss_fn(params, batch_stats, images, labels, rng):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images,
-            train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+        variables = {"params": params, "batch_stats": batch_stats}
+        if frozen_batch_stats:
+            logits = model.apply(variables, images, train=False,
+                                 rngs={"dropout": rng})
+        else:
+            logits, updates = model.apply(
+                variables, images, train=True, mutable=["batch_stats"],
+                rngs={"dropout": rng})
+            batch_stats = updates["batch_stats"]
         loss = cross_entropy(logits, labels, label_smoothing).mean()
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return loss, (updates["batch_stats"], accuracy)
+        return loss, (batch_stats, accuracy)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

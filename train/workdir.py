@@ -13,6 +13,7 @@ checkpoints.
   checksums/           SHA-256 of each checkpoint's files
   damaged/             checkpoints found damaged on resume, set aside
   model/               the model bundle (resnext_jax.load_pretrained)
+  init_from.json       a fine-tuning run's source: path, SHA-256, head
   summary.json         the figures of a completed run
   first_checkpoint.json  written at the first save: the workdir has held
                        checkpoints, so losing them all is not a fresh start
@@ -45,6 +46,7 @@ SUMMARY_FILE = "summary.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
 FIRST_CHECKPOINT_FILE = "first_checkpoint.json"
 LOCK_FILE = "lock"
+INIT_FROM_FILE = "init_from.json"
 
 # What the saved parameters depend on: changing any of these makes the
 # checkpoint describe another network (or classes).
@@ -95,12 +97,14 @@ def _append_history(workdir: pathlib.Path, record: dict) -> None:
 
 def save_run_files(workdir: str | pathlib.Path,
                    config: ml_collections.ConfigDict,
-                   dataset_info: dict, step: int = 0) -> dict:
+                   dataset_info: dict, step: int = 0,
+                   init_from: dict | None = None) -> dict:
     """Writes ``config.json`` and ``dataset.json``; returns the fields that
     changed since the config of the run so far (see :func:`config_changes`).
 
     Every config a run is started with is appended to
-    ``config_history.jsonl`` (with ``step``, where it took over), so a
+    ``config_history.jsonl`` (with ``step``, where it took over, and the
+    ``init_from`` record of a run that starts from pretrained weights), so a
     changed config never erases the earlier one.
     """
     workdir = pathlib.Path(workdir)
@@ -114,9 +118,12 @@ def save_run_files(workdir: str | pathlib.Path,
         changes = config_changes(saved, new)
         if not history.is_file():  # A workdir of an earlier version.
             _append_history(workdir, {"step": None, "config": saved})
-    if changes or not history.is_file():
-        _append_history(workdir, {"step": int(step), "time": time.time(),
-                                  "changes": changes, "config": new})
+    if changes or not history.is_file() or init_from:
+        record = {"step": int(step), "time": time.time(),
+                  "changes": changes, "config": new}
+        if init_from:
+            record["init_from"] = init_from
+        _append_history(workdir, record)
     path.write_text(config.to_json_best_effort(indent=2))
     (workdir / DATASET_FILE).write_text(json.dumps(dataset_info, indent=2))
     return changes
@@ -136,15 +143,31 @@ def load_dataset_info(workdir: str | pathlib.Path) -> dict:
     return json.loads((pathlib.Path(workdir) / DATASET_FILE).read_text())
 
 
-def read_summary(workdir: str | pathlib.Path) -> dict | None:
-    """The summary of a completed run, or None."""
-    path = pathlib.Path(workdir) / SUMMARY_FILE
+def _read_json(workdir: str | pathlib.Path, name: str) -> dict | None:
+    path = pathlib.Path(workdir) / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _write_json(workdir: str | pathlib.Path, name: str, value: dict) -> None:
+    (pathlib.Path(workdir) / name).write_text(json.dumps(value, indent=2))
+
+
+def read_init_record(workdir: str | pathlib.Path) -> dict | None:
+    """What a fine-tuning run recorded of its source at step 0, or None."""
+    return _read_json(workdir, INIT_FROM_FILE)
+
+
+def write_init_record(workdir: str | pathlib.Path, record: dict) -> None:
+    _write_json(workdir, INIT_FROM_FILE, record)
+
+
+def read_summary(workdir: str | pathlib.Path) -> dict | None:
+    """The summary of a completed run, or None."""
+    return _read_json(workdir, SUMMARY_FILE)
+
+
 def write_summary(workdir: str | pathlib.Path, summary: dict) -> None:
-    (pathlib.Path(workdir) / SUMMARY_FILE).write_text(
-        json.dumps(summary, indent=2))
+    _write_json(workdir, SUMMARY_FILE, summary)
 
 
 def check_usable(workdir: str | pathlib.Path) -> None:

@@ -12,6 +12,7 @@ from typing import Iterator
 import jax
 import ml_collections
 import numpy as np
+from resnext_jax import Preprocessing
 
 from train.config_validation import dataset_family
 from train.data.digits import create_digits_source
@@ -37,8 +38,14 @@ def hide_accelerators_from_tensorflow() -> None:
 
 def create_data_source(config: ml_collections.ConfigDict,
                        process_index: int | None = None,
-                       process_count: int | None = None) -> DataSource:
-    """The data set named by ``config.dataset``, sharded for this host."""
+                       process_count: int | None = None, *,
+                       preprocessing: Preprocessing | None = None
+                       ) -> DataSource:
+    """The data set named by ``config.dataset``, sharded for this host.
+
+    ``preprocessing`` (a pretrained source's, at ``config.image_size``)
+    replaces the eval spec and normalization of image data sets; the digits
+    keep their own (8x8 arrays, not image files)."""
     process_index = (jax.process_index() if process_index is None
                      else process_index)
     process_count = (jax.process_count() if process_count is None
@@ -47,7 +54,7 @@ def create_data_source(config: ml_collections.ConfigDict,
         return create_digits_source(config, process_index, process_count)
     from train.data import tf_pipelines  # pylint: disable=import-outside-toplevel
     return tf_pipelines.create_tf_source(config, process_index,
-                                         process_count)
+                                         process_count, preprocessing)
 
 
 def inject_nonfinite(batches: Iterator[Batch], start_step: int,

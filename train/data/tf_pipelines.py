@@ -337,8 +337,11 @@ def _files_dataset(files, labels, process_index, process_count,
 # ---------------------------------------------------------------------------
 
 def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
-                     process_count: int) -> DataSource:
-    """A :class:`DataSource` over TFDS or an image folder."""
+                     process_count: int,
+                     preprocessing: Preprocessing | None = None
+                     ) -> DataSource:
+    """A :class:`DataSource` over TFDS or an image folder; ``preprocessing``
+    replaces the eval spec (and so the normalization) of ``preprocess``."""
     family = dataset_family(config.dataset)
     if family == "folder":
         class_names, train, evaluation = _folder_splits(config)
@@ -362,7 +365,8 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
         raise ValueError("config.preprocess (='digits') only applies to "
                          "config.dataset='digits'.")
     size = config.image_size
-    preprocessing = eval_preprocessing(kind, size)
+    if preprocessing is None:
+        preprocessing = eval_preprocessing(kind, size)
     mean, std = preprocessing.mean, preprocessing.std
     train_fn = cifar_train if kind == "cifar" else inception_train
     eval_fn = spec_eval(preprocessing)
