@@ -36,6 +36,15 @@ import pytest
 import resnext_jax as rx
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow run first: with several workers (``-n 2``), a
+    long test left for the end would keep one worker busy alone. (A module
+    fixture that slow and quick tests share is session-scoped, so this
+    order does not build it twice.)"""
+    del config
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def tiny_model(**overrides):
     """A ResNeXt with the ImageNet stem, one block per stage: cheap to run."""
     config = dict(stage_sizes=(1, 1, 1, 1), cardinality=4, base_width=4,

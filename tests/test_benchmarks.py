@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,7 @@ def test_bench_inference_writes_json(tmp_path):
     assert rows  # one entry per batch size, whatever the layout
 
 
+@pytest.mark.slow
 def test_bench_throughput_writes_json(tmp_path):
     out = tmp_path / "throughput.json"
     # One block per stage: the benchmark's code path at a third of the
@@ -44,6 +47,7 @@ def test_bench_throughput_writes_json(tmp_path):
     assert data["results"][0]["train_img_s"] > 0
 
 
+@pytest.mark.slow
 def test_bench_gpu_smoke_runs_every_part(tmp_path):
     out = tmp_path / "gpu.json"
     stdout = _run("bench_gpu.py", "--smoke", "--json", str(out))

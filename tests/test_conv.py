@@ -130,6 +130,7 @@ def _grouped_convs_in_hlo(text: str) -> int:
     return len(re.findall(r"feature_group_count=(?!1\b)\d+", text))
 
 
+@pytest.mark.slow
 def test_cpu_jit_compiles_only_the_cpu_lowering():
     model = tiny_model(cardinality=8, base_width=4)
     variables = random_variables(model, image_size=64, seed=1)

@@ -68,6 +68,7 @@ def test_per_host_shards_partition_the_global_batch():
         np.concatenate([h["label"] for h in halves]), whole["label"])
 
 
+@pytest.mark.slow
 def test_cifar10_pipeline_with_mock_data(tmp_path):
     config = _config("cifar10_resnext29_8x64d", data_dir=str(tmp_path / "d"))
     with tfds.testing.mock_data(num_examples=20):
@@ -96,6 +97,7 @@ def test_cifar100_has_100_classes(tmp_path):
         assert data_lib.create_data_source(config).num_classes == 100
 
 
+@pytest.mark.slow
 def test_imagenet_pipeline_with_mock_data(tmp_path):
     config = _config("imagenet_resnext50_32x4d", data_dir=str(tmp_path / "d"))
     with tfds.testing.mock_data(num_examples=12):
@@ -133,6 +135,7 @@ def _write_folder(root, classes=("cat", "dog", "fox"), per_class=6):
             Image.fromarray(pixels).save(root / name / f"{i}.{ext}")
 
 
+@pytest.mark.slow
 def test_image_folder_run(tmp_path):
     from train.checkpoint import restore_for_inference
 
@@ -149,6 +152,7 @@ def test_image_folder_run(tmp_path):
     assert names == ["cat", "dog", "fox"]
 
 
+@pytest.mark.slow
 def test_predict_reproduces_the_eval_of_an_image_folder_run(tmp_path,
                                                             capsys):
     """The trainer's eval and predict --workdir see the same pixels and so

@@ -46,7 +46,7 @@ def _assert_same_run(workdir, reference):
     assert summary["test_accuracy"] == reference[1]["test_accuracy"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """An uninterrupted run."""
     workdir = tmp_path_factory.mktemp("reference")
@@ -100,6 +100,7 @@ def _wait_for_checkpoint(child, workdir, timeout=240):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path):
     delay = random.Random().uniform(0.0, 0.8)  # 20 steps take ~1 s.
     child = _start_child(tmp_path)
@@ -115,6 +116,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path):
     _assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(reference, tmp_path):
     child = _start_child(tmp_path)
     try:
@@ -232,6 +234,7 @@ def test_all_checkpoints_damaged_is_an_error_not_a_fresh_start(tmp_path):
         loop.train_and_evaluate(_config(), tmp_path)
 
 
+@pytest.mark.slow
 def test_changed_model_is_refused_with_the_fields(tmp_path):
     loop.train_and_evaluate(tiny_config(num_train_steps=2), tmp_path)
     config = tiny_config(num_train_steps=4)

@@ -120,6 +120,7 @@ def _wait_for_line(child, prefix, timeout=240):
     raise AssertionError(f"no {prefix!r} line:\n" + "".join(lines)[-3000:])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_the_next_step_and_the_lock_keeps_others_out(
         tmp_path):
     child = subprocess.Popen(

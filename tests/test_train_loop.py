@@ -98,6 +98,7 @@ def test_resume_after_stop_equals_uninterrupted_run(full_run, tmp_path):
     assert resumed["test_accuracy"] == summary["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_cli_with_overrides(tmp_path):
     out = run_python(
         "import sys; from absl import app; import train.__main__ as m; "

@@ -156,12 +156,14 @@ def eight_devices(tmp_path_factory):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_data_parallel_step_has_no_all_gather(eight_devices):
     assert eight_devices["convolution"] > 0
     assert eight_devices["all_reduce"] > 0  # gradients and BN statistics.
     assert eight_devices["all_gather"] == 0
 
 
+@pytest.mark.slow
 def test_one_device_equals_eight_devices(eight_devices, tmp_path):
     from train import loop
     from train.checkpoint import restore_for_inference
