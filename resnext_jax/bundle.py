@@ -153,7 +153,9 @@ def is_bundle(path: str | os.PathLike) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def _find_bundle(path: pathlib.Path) -> pathlib.Path:
+def find_bundle(path: pathlib.Path) -> pathlib.Path:
+    """The bundle directory of ``path``: itself, or a workdir's ``model/``;
+    FileNotFoundError saying what ``path`` lacks otherwise."""
     if is_bundle(path):
         return path
     if is_bundle(path / WORKDIR_BUNDLE):
@@ -189,7 +191,7 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
             raise ValueError(
                 f"model_name (={model_name!r}) is for a weights file; "
                 f"{path} is a directory, whose model.json names the model.")
-        directory = _find_bundle(path)
+        directory = find_bundle(path)
         config = read_config(directory)
         fields = _decode_fields(config["model_kwargs"])
         fields.update(model_kwargs)

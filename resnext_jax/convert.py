@@ -37,7 +37,7 @@ from resnext_jax.blocks import convert_block_form
 from resnext_jax.models import ResNeXt
 
 HEAD_MODES = ("keep", "reinit", "drop")
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 _NUM_BATCHES_TRACKED = "num_batches_tracked"
 # Leaf names: ours (collection, leaf) -> torch's parameter or buffer name.
 _LEAF_TO_TORCH = {
@@ -226,13 +226,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"{path!r} is not a readable .safetensors file ({e}); it may "
                 "be truncated or damaged: download or convert it "
                 "again.") from None
-    elif path.endswith(_TORCH_SUFFIXES):
+    elif path.endswith(TORCH_SUFFIXES):
         torch = _import_torch(f"reading {path!r}")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         raise ValueError(
             f"checkpoint {path!r} has an unknown suffix; expected "
-            f".safetensors or one of {_TORCH_SUFFIXES}.")
+            f".safetensors or one of {TORCH_SUFFIXES}.")
     return as_numpy_state_dict(state)
 
 

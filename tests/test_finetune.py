@@ -20,7 +20,7 @@ from configs.finetune_folder import get_config
 from resnext_jax import pretrained_cfg
 from train import init_from, loop
 from train.model_factory import build_model
-from train_helpers import tiny_config  # noqa: F401  (the tests' JAX cache)
+from train_helpers import short_run
 
 CLASSES = ["cat", "dog", "fox"]
 MODEL = dict(stage_sizes=(1, 1, 1), stem="cifar", cardinality=4,
@@ -71,13 +71,7 @@ def _config(folder, source, **overrides):
     config.base_learning_rate = 0.1  # Steps that visibly move the weights.
     config.base_batch_size = 4
     config.shuffle_buffer_size = 16
-    config.log_every_steps = 1
-    config.eval_every_steps = 1000
-    config.checkpoint_every_steps = 1000
-    config.progress_bar = False
-    for key, value in overrides.items():
-        config[key] = value
-    return config
+    return short_run(config, **overrides)
 
 
 def _bundle_weights(workdir):

@@ -7,7 +7,7 @@ import pytest
 
 from train import data as data_lib
 from train import loop
-from train_helpers import tiny_config
+from train_helpers import short_run, tiny_config
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -20,15 +20,9 @@ def _shrink(config, **overrides):
     config.batch_size = 4
     config.eval_batch_size = 8
     config.num_train_steps = 3
-    config.log_every_steps = 1
-    config.eval_every_steps = 1000
-    config.checkpoint_every_steps = 1000
     config.compute_dtype = "float32"
-    config.progress_bar = False
     config.shuffle_buffer_size = 16
-    for key, value in overrides.items():
-        config[key] = value
-    return config
+    return short_run(config, **overrides)
 
 
 def _config(name, **overrides):

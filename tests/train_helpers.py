@@ -22,6 +22,12 @@ def tiny_config(**overrides):
     config.eval_batch_size = 64
     config.num_train_steps = 4
     config.warmup_epochs = 0.0
+    return short_run(config, **overrides)
+
+
+def short_run(config, **overrides):
+    """``config`` logging every step, with no periodic eval or checkpoint
+    and no progress bar (a test's few steps), then ``overrides``."""
     config.log_every_steps = 1
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 1000

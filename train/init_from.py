@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import resnext_jax
 from resnext_jax import bundle as rx_bundle
-from resnext_jax.convert import _TORCH_SUFFIXES
+from resnext_jax.convert import TORCH_SUFFIXES
 
 from train import workdir as workdir_lib
 from train.checkpoint_integrity import file_sha256
@@ -86,25 +86,21 @@ def find_source(config: ml_collections.ConfigDict) -> Source:
     if not path.exists():
         _fail(given, f"does not exist; give {_KINDS}.")
     if path.is_dir():
-        for kind, directory in (("bundle", path), (
-                "workdir", path / rx_bundle.WORKDIR_BUNDLE)):
-            if rx_bundle.is_bundle(directory):
-                try:
-                    spec = rx_bundle.read_config(directory)["preprocessing"]
-                    preprocessing = resnext_jax.Preprocessing.from_dict(spec)
-                except (ValueError, KeyError, TypeError) as e:
-                    _fail(given, f"has an unreadable "
-                          f"{directory / rx_bundle.CONFIG_FILE}: {e}")
-                return Source(given, kind,
-                              directory / rx_bundle.WEIGHTS_FILE,
-                              preprocessing)
-        hint = (" (a workdir without a model bundle: write one with "
-                f"`python -m train.bundle {given}`)"
-                if (path / workdir_lib.CONFIG_FILE).is_file() else "")
-        _fail(given, f"is a directory without a model bundle{hint}; give "
-              f"{_KINDS}.")
+        try:
+            directory = rx_bundle.find_bundle(path)
+        except FileNotFoundError as e:
+            _fail(given, f"is a directory without a model bundle: {e}")
+        try:
+            spec = rx_bundle.read_config(directory)["preprocessing"]
+            preprocessing = resnext_jax.Preprocessing.from_dict(spec)
+        except (ValueError, KeyError, TypeError) as e:
+            _fail(given, f"has an unreadable "
+                  f"{directory / rx_bundle.CONFIG_FILE}: {e}")
+        kind = "bundle" if directory == path else "workdir"
+        return Source(given, kind, directory / rx_bundle.WEIGHTS_FILE,
+                      preprocessing)
     suffix = path.suffix.lower()
-    if suffix in _TORCH_SUFFIXES:
+    if suffix in TORCH_SUFFIXES:
         if importlib.util.find_spec("torch") is None:
             _fail(given, "is a PyTorch file and torch is not installed: "
                   "pip install torch, or convert it with python -m "
