@@ -15,6 +15,7 @@ from resnext_jax.bundle import Pretrained
 from resnext_jax.bundle import load_pretrained
 from resnext_jax.bundle import save_pretrained
 from resnext_jax.compilation_cache import enable_compilation_cache
+from resnext_jax.batchnorm import BN_IMPLS
 from resnext_jax.conv import CONV_IMPLS
 from resnext_jax.conv import GroupedConv
 from resnext_jax.conv import grouped_conv
@@ -30,6 +31,7 @@ from resnext_jax.models import create_model
 from resnext_jax.models import init_variables
 from resnext_jax.models import list_models
 from resnext_jax.models import model_config
+from resnext_jax.malloc import configure_malloc
 from resnext_jax.counting import count_flops
 from resnext_jax.counting import count_params
 from resnext_jax.counting import summarize
@@ -39,6 +41,7 @@ from resnext_jax.pretrained_cfg import pretrained_preprocessing
 __all__ = (
     "ATTN_LAYERS",
     "BLOCK_FORMS",
+    "BN_IMPLS",
     "Bottleneck",
     "CONV_IMPLS",
     "GroupedConv",
@@ -47,6 +50,7 @@ __all__ = (
     "ResNeXt",
     "STEM_TYPES",
     "StateDictMismatchError",
+    "configure_malloc",
     "convert_block_form",
     "count_flops",
     "count_params",

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnext_jax.batchnorm import BatchNorm, bn_impl_for
 from resnext_jax.conv import GroupedConv, check_conv_impl
 
 BLOCK_FORMS = ("A", "B", "C")
@@ -105,13 +106,16 @@ class _Common(nn.Module):
             use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=conv_kernel_init, impl=self.conv_impl, name=name)
 
-    def _norm(self, train, name, zero_scale=False):
-        return nn.BatchNorm(
+    def _norm(self, train, name, zero_scale=False, activation=None):
+        # flax's BatchNorm, with the ReLU (and residual add) that follows it
+        # fused in; the lowering follows the convolutions' (see bn_impl_for).
+        return BatchNorm(
             use_running_average=not train, momentum=self.bn_momentum,
             epsilon=self.bn_epsilon, dtype=self.dtype,
             param_dtype=self.param_dtype, axis_name=self.axis_name,
             scale_init=(nn.initializers.zeros_init() if zero_scale
                         else nn.initializers.ones_init()),
+            activation=activation, impl=bn_impl_for(self.conv_impl),
             name=name)
 
 
@@ -125,9 +129,9 @@ class Branch(_Common):
     @nn.compact
     def __call__(self, x, train: bool = False):
         y = self._conv(self.width, 1, name="conv1")(x)
-        y = nn.relu(self._norm(train, "bn1")(y))
+        y = self._norm(train, "bn1", activation="relu")(y)
         y = self._conv(self.width, 3, self.strides, name="conv2")(y)
-        y = nn.relu(self._norm(train, "bn2")(y))
+        y = self._norm(train, "bn2", activation="relu")(y)
         if self.out_features is not None:
             y = self._conv(self.out_features, 1, name="conv3")(y)
         return y
@@ -280,10 +284,10 @@ class Bottleneck(_Common):
 
         if self.form == "C":
             y = self._conv(width, 1, name="conv1")(x)
-            y = nn.relu(self._norm(train, "bn1")(y))
+            y = self._norm(train, "bn1", activation="relu")(y)
             y = self._conv(width, 3, self.strides, groups=self.cardinality,
                            name="conv2")(y)
-            y = nn.relu(self._norm(train, "bn2")(y))
+            y = self._norm(train, "bn2", activation="relu")(y)
             y = self._conv(out_features, 1, name="conv3")(y)
         else:
             group_width = width // self.cardinality
@@ -298,19 +302,23 @@ class Bottleneck(_Common):
             else:
                 y = jnp.concatenate(outs, axis=-1)
                 y = self._conv(out_features, 1, name="conv3")(y)
-        y = self._norm(train, "bn3", zero_scale=self.zero_init_residual)(y)
-        # timm names the attention module "se" whatever its kind.
-        if self.attn_layer == "se":
-            y = SqueezeExcite(conv_impl=self.conv_impl, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="se")(y)
-        elif self.attn_layer == "eca":
-            y = EfficientChannelAttention(
-                dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
-
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out_features:
             shortcut = Downsample(features=out_features, avg_down=self.avg_down,
                                   name="downsample", **common)(x, train)
+        bn3 = self._norm(train, "bn3", zero_scale=self.zero_init_residual,
+                         activation=None if self.attn_layer else "relu")
+        if self.attn_layer is None:
+            # relu(bn3(y) + shortcut) in one fused op.
+            return bn3(y, residual=shortcut)
+        y = bn3(y)
+        # timm names the attention module "se" whatever its kind.
+        if self.attn_layer == "se":
+            y = SqueezeExcite(conv_impl=self.conv_impl, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="se")(y)
+        else:
+            y = EfficientChannelAttention(
+                dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
         return nn.relu(y + shortcut)
 
 

@@ -25,6 +25,7 @@ from jax import export as jax_export
 
 from resnext_jax import serving
 from resnext_jax.compilation_cache import enable_compilation_cache
+from resnext_jax.malloc import configure_malloc
 from resnext_jax.models import ResNeXt
 from resnext_jax.preprocessing import Preprocessing
 
@@ -169,6 +170,7 @@ def main(argv=None) -> None:
                              "bundle's crop, or 224)")
     parser.add_argument("out", help="output file, e.g. model.rxexport")
     args = parser.parse_args(argv)
+    configure_malloc()
     enable_compilation_cache()
     try:
         model, variables, class_names, preprocessing = predict.load_model(

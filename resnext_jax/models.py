@@ -19,6 +19,8 @@ import jax.numpy as jnp
 
 from resnext_jax.blocks import (Bottleneck, _Common, check_attn_layer,
                                 check_block_form, conv_kernel_init)
+from resnext_jax.batchnorm import BatchNorm, bn_impl_for
+from resnext_jax.compilation_cache import compile_run_once
 from resnext_jax.conv import GroupedConv, check_conv_impl, max_pool
 
 STEMS = ("imagenet", "cifar")
@@ -46,9 +48,9 @@ class DeepStem(_Common):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = self._conv(self.widths[0], 3, 2, name="conv_0")(x)
-        x = nn.relu(self._norm(train, "bn_1")(x))
+        x = self._norm(train, "bn_1", activation="relu")(x)
         x = self._conv(self.widths[1], 3, name="conv_3")(x)
-        x = nn.relu(self._norm(train, "bn_4")(x))
+        x = self._norm(train, "bn_4", activation="relu")(x)
         return self._conv(self.features, 3, name="conv_6")(x)
 
 
@@ -190,7 +192,8 @@ class ResNeXt(nn.Module):
         features = {}
         norm = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                     dtype=self.dtype, param_dtype=self.param_dtype,
-                    axis_name=self.axis_name)
+                    axis_name=self.axis_name, activation="relu",
+                    impl=bn_impl_for(self.conv_impl))
         x = x.astype(self.dtype)
         if self.stem == "imagenet" and self.stem_type:
             x = DeepStem(widths=DEEP_STEM_WIDTHS[self.stem_type],
@@ -199,9 +202,8 @@ class ResNeXt(nn.Module):
                          bn_momentum=self.bn_momentum,
                          bn_epsilon=self.bn_epsilon, axis_name=self.axis_name,
                          name="conv1")(x, train)
-            x = nn.BatchNorm(use_running_average=not train, name="bn1",
-                             **norm)(x)
-            x = nn.relu(x)
+            x = BatchNorm(use_running_average=not train, name="bn1",
+                          **norm)(x)
             x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
         elif self.stem == "imagenet":
             x = GroupedConv(STEM_FEATURES, (7, 7), strides=(2, 2),
@@ -209,9 +211,8 @@ class ResNeXt(nn.Module):
                             dtype=self.dtype, param_dtype=self.param_dtype,
                             kernel_init=conv_kernel_init,
                             impl=self.conv_impl, name="conv1")(x)
-            x = nn.BatchNorm(use_running_average=not train, name="bn1",
-                             **norm)(x)
-            x = nn.relu(x)
+            x = BatchNorm(use_running_average=not train, name="bn1",
+                          **norm)(x)
             x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
         else:
             x = GroupedConv(STEM_FEATURES, (3, 3), padding=((1, 1), (1, 1)),
@@ -219,9 +220,8 @@ class ResNeXt(nn.Module):
                             param_dtype=self.param_dtype,
                             kernel_init=conv_kernel_init,
                             impl=self.conv_impl, name="conv1")(x)
-            x = nn.BatchNorm(use_running_average=not train, name="bn1",
-                             **norm)(x)
-            x = nn.relu(x)
+            x = BatchNorm(use_running_average=not train, name="bn1",
+                          **norm)(x)
         features["stem"] = x
 
         planes_per_stage = STAGE_PLANES[self.stem]
@@ -363,4 +363,5 @@ def init_variables(model: ResNeXt, rng: jax.Array | int = 0,
     if image_size is None:
         image_size = 32 if model.stem == "cifar" else 224
     dummy = jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32)
-    return jax.jit(lambda r, x: model.init(r, x, train=False))(rng, dummy)
+    init = jax.jit(lambda r, x: model.init(r, x, train=False))
+    return compile_run_once(init, rng, dummy)(rng, dummy)

@@ -26,6 +26,7 @@ import numpy as np
 
 from resnext_jax import serving
 from resnext_jax.compilation_cache import enable_compilation_cache
+from resnext_jax.malloc import configure_malloc
 from resnext_jax.bundle import (default_class_names, imagenet_class_names,
                                 load_pretrained)
 from resnext_jax.convert import parse_model_kwargs
@@ -185,6 +186,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of text")
     args = parser.parse_args(argv)
+    configure_malloc()
     enable_compilation_cache()
     try:
         model, variables, class_names, preprocessing = load_model(args)

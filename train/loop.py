@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from resnext_jax.compilation_cache import compile_run_once
 from train import (bundle, checkpoint, data as data_lib, distributed,
                    init_from, mesh as mesh_lib, optim, steps,
                    workdir as workdir_lib)
@@ -101,8 +102,9 @@ def setup(config: ml_collections.ConfigDict,
         source=source, total_steps=total_steps,
         eval_every=(config.eval_every_steps if config.eval_every_steps > 0
                     else source.steps_per_epoch),
-        init_state=lambda: init(jax.random.PRNGKey(config.seed),
-                                variables=pretrained),
+        init_state=lambda: compile_run_once(
+            init, jax.random.PRNGKey(config.seed), variables=pretrained)(
+                jax.random.PRNGKey(config.seed), variables=pretrained),
         train_step=train_step, eval_step=eval_step,
         is_writer=jax.process_index() == 0, init_record=init_record)
 
