@@ -4,8 +4,10 @@ One command measures, on this machine and in one run:
 
 * ``step``: inference and train-step img/s of one model and batch, ours
   (``auto``, i.e. the ``dense`` lowering and fused BatchNorm on CPU) and
-  torchvision channels_last, with peak resident memory (ru_maxrss) of each
-  process. torchvision runs twice: with glibc's default malloc, as a user
+  torchvision channels_last, with peak resident memory of each process
+  during the timed steps (after compiling and warming up: the
+  resident high-water mark, reset with ``/proc/self/clear_refs``).
+  torchvision runs twice: with glibc's default malloc, as a user
   runs it, and with the malloc settings our entry points apply
   (``resnext_jax.configure_malloc``), so that the comparison can be read
   either way.
@@ -48,8 +50,35 @@ PARTS = ("step", "components", "first_step", "curve", "models")
 # Workers: each runs in its own process and prints one JSON line.
 
 def _peak_rss_gib() -> float:
+    """Peak resident memory (VmHWM) since the last :func:`_reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
     import resource  # pylint: disable=import-outside-toplevel
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _reset_peak_rss() -> None:
+    """Restarts the peak at the current resident memory, so that the peak
+    measured is the steady state's, not the compiler's or the warm-up's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _timed_steady(fn, runs: int, warmup: int) -> tuple[float, float, float]:
+    """(first call's seconds, median seconds, peak GiB of the timed calls)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    _reset_peak_rss()
+    _, sec = _timed(fn, runs, 0)
+    return first, sec, _peak_rss_gib()
 
 
 def _timed(fn, runs: int, warmup: int) -> tuple[float, float]:
@@ -125,10 +154,12 @@ def worker_jax_step(spec):
         out["xla_temp_gib"] = temp
 
         def run():
-            state[0], loss = step(state[0], images, labels)
+            state[0], loss = compiled(state[0], images, labels)
             loss.block_until_ready()
 
-        first, sec = _timed(run, spec["runs"], spec["warmup"])
+        first, sec, peak = _timed_steady(run, spec["runs"], spec["warmup"])
+        out.update(img_s=batch / sec, first_s=first, peak_rss_gib=peak)
+        return out
     out.update(img_s=batch / sec, first_s=first, peak_rss_gib=_peak_rss_gib())
     return out
 
@@ -183,9 +214,9 @@ def worker_torch_step(spec):
             opt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-    first, sec = _timed(run, spec["runs"], spec["warmup"])
+    first, sec, peak = _timed_steady(run, spec["runs"], spec["warmup"])
     return dict(framework="torch", torch=torch.__version__, img_s=batch / sec,
-                first_s=first, peak_rss_gib=_peak_rss_gib())
+                first_s=first, peak_rss_gib=peak)
 
 
 def _record_layers(model, batch, size):
@@ -469,8 +500,8 @@ def _spec(framework, task, args, **kw):
 def part_step(args, report):
     rows = []
     for mode in ("infer", "train"):
-        for framework, malloc in (("jax", True), ("torch", False),
-                                  ("torch", True)):
+        for framework, malloc in (("jax", True), ("jax", False),
+                                  ("torch", False), ("torch", True)):
             r = run_worker(_spec(framework, "step", args, mode=mode,
                                  malloc=malloc))
             if r:

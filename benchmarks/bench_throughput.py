@@ -213,6 +213,11 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size (={args.batch_size}) must be >= 1")
 
+    # As the library's entry points run: malloc that reuses XLA:CPU's step
+    # buffers (torchvision, in this process, gets it too) and the
+    # persistent compilation cache.
+    rx.configure_malloc()
+    rx.enable_compilation_cache()
     info = cpu_description()
     print(f"CPU: {info['cpu']}; {info['affinity']} usable of "
           f"{info['logical_cpus']} logical CPUs; jax {info['jax']} "

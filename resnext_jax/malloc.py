@@ -6,8 +6,10 @@ that large with ``mmap`` and returns them to the kernel on ``free``, so every
 step page-faults and zeroes all of that memory again: about 730,000 minor
 page faults, a fifth of the step's time. Keeping freed memory in the process
 (one arena, no ``mmap`` for large blocks, no trimming) removes them all:
-the train step gets about 20% faster and the peak resident memory smaller,
-because one arena does not hold a copy per thread.
+the train step gets 20-35% faster. The price is memory: one arena that
+never shrinks ends up holding two copies of that buffer (ResNeXt-50 at
+batch 16: 6.4 GiB peak resident against 4.1 GiB), so it is a choice, and
+``RESNEXT_JAX_MALLOC=off`` reverts it.
 
 Entry points (the trainer, ``resnext-predict``, ``resnext-export``, the
 benchmarks) call :func:`configure_malloc` before jax starts its threads;

@@ -68,3 +68,27 @@ def test_bench_gpu_smoke_runs_every_part(tmp_path):
             assert row["logits_rel_err"] < 1e-3, row
         else:
             assert row["rel_err"] < 1e-4, row
+
+
+@pytest.mark.slow
+def test_bench_cpu_smoke_runs_every_part(tmp_path):
+    out = tmp_path / "cpu.json"
+    stdout = _run("bench_cpu.py", "--smoke", "--parts",
+                  "step,components,first_step,curve", "--json", str(out))
+    assert "component" in stdout and "to the first step" in stdout
+    data = json.loads(out.read_text())
+    ours = [r for r in data["step"] if r["framework"] == "jax"]
+    assert {r["spec"]["mode"] for r in ours} == {"infer", "train"}
+    assert all(r["img_s"] > 0 and r["peak_rss_gib"] > 0 for r in ours)
+    kinds = {r["kind"] for r in data["components"]["jax"]}
+    assert {"conv_1x1", "conv_grouped", "conv_kxk", "bn",
+            "optimizer"} <= kinds
+    torch_rows = data["components"]["torch"]
+    if torch_rows is not None:  # The same layers, timed in torch.
+        assert [(r["kind"], r["count"]) for r in torch_rows] == [
+            (r["kind"], r["count"]) for r in data["components"]["jax"]]
+    cold, warm = data["first_step"][:2]
+    assert (cold["cache"], warm["cache"]) == ("cold cache", "warm cache")
+    # The persistent cache works: the second process compiles nothing.
+    assert warm["compile_s"] < cold["compile_s"] / 2
+    assert {r["spec"]["mode"] for r in data["curve"]} == {"infer", "train"}
