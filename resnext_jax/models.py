@@ -364,4 +364,6 @@ def init_variables(model: ResNeXt, rng: jax.Array | int = 0,
         image_size = 32 if model.stem == "cifar" else 224
     dummy = jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32)
     init = jax.jit(lambda r, x: model.init(r, x, train=False))
+    if isinstance(rng, jax.core.Tracer):  # Inside eval_shape, jit, ...
+        return init(rng, dummy)
     return compile_run_once(init, rng, dummy)(rng, dummy)
