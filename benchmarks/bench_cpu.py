@@ -102,28 +102,10 @@ def _jax_model(spec):
 
 
 def _jax_train_step(model, tx):
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    import optax  # pylint: disable=import-outside-toplevel
-
-    def train_step(state, x, y):
-        params, stats, opt_state = state
-
-        def loss_fn(p):
-            logits, updates = model.apply(
-                {"params": p, "batch_stats": stats}, x, train=True,
-                mutable=["batch_stats"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), y).mean()
-            return loss, updates["batch_stats"]
-
-        (loss, new_stats), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), new_stats,
-                opt_state), loss
-
-    return jax.jit(train_step, donate_argnums=0)
+    # The same step bench_throughput times (this script's folder is on
+    # sys.path when it runs).
+    from bench_throughput import jitted_train_step  # pylint: disable=import-outside-toplevel
+    return jitted_train_step(model, tx)
 
 
 def worker_jax_step(spec):

@@ -65,6 +65,31 @@ def _median_seconds(fn, runs: int, warmup: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
+def jitted_train_step(model, tx):
+    """``step(state, x, y) -> (state, loss)``: forward, backward, ``tx``'s
+    update and the BatchNorm statistics; ``state = (params, batch_stats,
+    opt_state)``, donated."""
+
+    def train_step(state, x, y):
+        params, stats, opt_state = state
+
+        def loss_fn(p):
+            logits, updates = model.apply(
+                {"params": p, "batch_stats": stats}, x, train=True,
+                mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(
+                logits.astype(jnp.float32), y).mean()
+            return loss, updates["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), new_stats,
+                opt_state), loss
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
 def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
               runs: int, train_runs: int, warmup: int,
               do_train: bool, model_kwargs: dict | None = None) -> dict:
@@ -88,25 +113,7 @@ def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
         return result
 
     tx = optax.sgd(0.1, momentum=0.9)
-
-    def train_step(state, x, y):
-        params, stats, opt_state = state
-
-        def loss_fn(p):
-            logits, updates = model.apply(
-                {"params": p, "batch_stats": stats}, x, train=True,
-                mutable=["batch_stats"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), y).mean()
-            return loss, updates["batch_stats"]
-
-        (loss, new_stats), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), new_stats,
-                opt_state), loss
-
-    step = jax.jit(train_step, donate_argnums=0)
+    step = jitted_train_step(model, tx)
     state = [(params, stats, tx.init(params))]
 
     def run_step():
