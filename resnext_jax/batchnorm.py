@@ -20,8 +20,8 @@ masked cotangent and the centered input, and reads each again.
 
 ``impl`` picks the lowering like the convolutions' ``conv_impl``: ``"auto"``
 compiles the fused VJP on CPU and flax's formula elsewhere (through
-``jax.lax.platform_dependent``); ``"fused"`` and ``"flax"`` force one. Both
-compute the same function.
+:func:`resnext_jax.platform_choice.choose_with_vjp`); ``"fused"`` and
+``"flax"`` force one. Both compute the same function.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from resnext_jax import platform_choice
 
 BN_IMPLS = ("auto", "fused", "flax")
 # What "auto" compiles to per platform: the fused VJP is measured faster on
@@ -202,8 +204,13 @@ class BatchNorm(nn.Module):
             return flax_formula(*args)
         if self.impl == "fused":
             return fused(*args)
+        # Both lowerings compute the same forward; only the backward differs,
+        # and the platform's is picked when the program is lowered.
         lowerings = {"fused": fused, "flax": flax_formula}
-        branches = {p: lowerings[i] for p, i in AUTO_BN.items()
-                    if i != _AUTO_BN_DEFAULT}
-        return lax.platform_dependent(
-            *args, default=lowerings[_AUTO_BN_DEFAULT], **branches)
+        if residual is None:
+            lowerings = {name: functools.partial(f, residual=None)
+                         for name, f in lowerings.items()}
+            args = args[:-1]
+        return platform_choice.choose_with_vjp(
+            {p: lowerings[i] for p, i in AUTO_BN.items()},
+            lowerings[_AUTO_BN_DEFAULT], *args)

@@ -23,9 +23,11 @@ Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
   gradient is about as slow as a dense one (jax-ml/jax#13800);
   ``benchmarks/bench_gpu.py`` measures them.
 * ``"auto"``: one traced program that holds each platform's lowering
-  (:data:`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``. The choice
-  is made when the program is lowered for its target, not by the process that
-  traces it: a CPU ``jit`` compiles only the ``dense`` branch, and
+  (:data:`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``, in the
+  forward and in the backward pass (:mod:`resnext_jax.platform_choice`).
+  The choice is made when the program is lowered for its target, not by
+  the process that traces it: a CPU ``jit`` compiles only the ``dense``
+  branch, and
   ``jax.export`` for ``cuda`` or ``tpu`` from a CPU host gets native grouped
   convolutions. Force one lowering per model with ``conv_impl=...``.
 """
@@ -39,6 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from resnext_jax import platform_choice
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -84,18 +88,12 @@ def resolve_conv_impl(impl: str = "auto", platform: str | None = None) -> str:
 
 
 def _per_platform(lowerings: dict[str, Callable], *args):
-    """``lowerings[AUTO_LOWERINGS[platform]](*args)``, chosen at lowering.
-
-    Platforms that share a lowering share one branch (platform_dependent
-    joins identical callables), so the traced program holds each distinct
-    lowering once.
-    """
-    # The default branch covers every platform that uses it; naming those
-    # platforms again would stage out a second copy of the same branch.
-    branches = {p: lowerings[impl] for p, impl in AUTO_LOWERINGS.items()
-                if impl != _AUTO_DEFAULT}
-    return lax.platform_dependent(*args, default=lowerings[_AUTO_DEFAULT],
-                                  **branches)
+    """``lowerings[AUTO_LOWERINGS[platform]](*args)``, chosen when the
+    program is lowered for its platform, differentiable (see
+    :func:`platform_choice.choose_with_vjp`)."""
+    return platform_choice.choose_with_vjp(
+        {p: lowerings[impl] for p, impl in AUTO_LOWERINGS.items()},
+        lowerings[_AUTO_DEFAULT], *args)
 
 
 def _conv(x, kernel, strides, padding, groups=1):

@@ -202,3 +202,31 @@ def test_max_pool_matches_flax(shape, impl):
     g = jax.grad(lambda x: jnp.sum(jnp.sin(conv_lib.max_pool(
         x, 3, 2, 1, impl=impl))))(x)
     np.testing.assert_allclose(g, g_ref, atol=1e-6)
+
+
+def _native_grouped_convs(mlir_text: str, groups: int) -> int:
+    """XLA grouped convolutions in StableHLO: the forward and input gradient
+    (feature groups) and jax's kernel gradient (batch groups)."""
+    return (mlir_text.count(f"feature_group_count = {groups} ")
+            + mlir_text.count(f"batch_group_count = {groups} "))
+
+
+@pytest.mark.parametrize("platform, native_convs", [("cuda", 3), ("cpu", 0)])
+def test_auto_gradient_is_the_targets_lowering(platform, native_convs):
+    """The backward pass, too, is chosen by the target: exported from this
+    CPU host for CUDA, ``auto``'s gradient program holds XLA's grouped
+    convolutions (forward, input and kernel gradients), and for CPU none."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 32))
+    kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 32))
+
+    def loss(x, k):
+        return jnp.sum(jnp.sin(rx.grouped_conv(x, k, groups=8)))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    exported = jax.export.export(grad, platforms=(platform,))(x, kernel)
+    assert _native_grouped_convs(exported.mlir_module(), 8) == native_convs
+    if platform == "cpu":
+        for got, want in zip(exported.call(x, kernel), jax.grad(
+                lambda x, k: jnp.sum(jnp.sin(_reference(
+                    x, k, (1, 1), "SAME", 8))), argnums=(0, 1))(x, kernel)):
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
