@@ -82,6 +82,30 @@ def test_restore_for_inference_reproduces_eval(full_run):
     assert correct / count == pytest.approx(summary["test_accuracy"])
 
 
+def test_run_traces_only_its_own_platforms_lowering(tmp_path):
+    # The run compiles for this process's devices, so its step holds one
+    # lowering, not a per-platform conditional; the bundle it writes keeps
+    # "auto" for wherever the model is served.
+    config = tiny_config()
+    assert config.model_kwargs.get("conv_impl", "auto") == "auto"
+    run = loop.setup(config, tmp_path)
+    state = run.init_state()
+    batch = next(iter(run.source.train_batches(0)))
+    step = str(jax.make_jaxpr(run.train_step)(state, batch))
+    assert "platform_index" not in step
+    assert "conv_general_dilated" in step
+
+
+def test_model_bundle_keeps_the_per_platform_lowering(full_run):
+    workdir, _ = full_run
+    model, _, _ = restore_for_inference(workdir, "latest")
+    assert model.conv_impl == "auto"
+    apply = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3)),
+                           train=False)
+    assert "platform_index" in str(apply(variables, np.zeros((1, 8, 8, 3))))
+
+
 def test_resume_after_stop_equals_uninterrupted_run(full_run, tmp_path):
     workdir, summary = full_run
     stopped = loop.train_and_evaluate(_config(), tmp_path, stop_at_step=3)
