@@ -26,6 +26,7 @@ import numpy as np
 
 from resnext_jax import serving
 from resnext_jax.compilation_cache import enable_compilation_cache
+from resnext_jax.conv import resolve_conv_impl
 from resnext_jax.malloc import configure_malloc
 from resnext_jax.bundle import (default_class_names, imagenet_class_names,
                                 load_pretrained)
@@ -117,6 +118,10 @@ def predict_files(model, variables, paths: Sequence[str],
         raise ValueError(f"top_k (={top_k}) must be at least 1.")
     if batch_size < 1:
         raise ValueError(f"batch_size (={batch_size}) must be at least 1.")
+    # Compiled for this process's devices only: "auto" is resolved to their
+    # lowering, so the program holds no per-platform conditional.
+    if hasattr(model, "conv_impl"):
+        model = model.clone(conv_impl=resolve_conv_impl(model.conv_impl))
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
     loaded, results = {}, {}
     for path in paths:
