@@ -434,8 +434,7 @@ WORKERS = {
 def worker_main(spec: dict) -> None:
     if spec.get("malloc", True):
         # Before jax or torch start their threads.
-        from resnext_jax.malloc import configure_malloc, restart_with_huge_pages  # pylint: disable=import-outside-toplevel
-        restart_with_huge_pages()
+        from resnext_jax.malloc import configure_malloc  # pylint: disable=import-outside-toplevel
         configure_malloc()
     if spec["framework"] == "jax":
         from resnext_jax.compilation_cache import enable_compilation_cache  # pylint: disable=import-outside-toplevel
@@ -454,15 +453,10 @@ def run_worker(spec: dict, env: dict | None = None) -> dict | None:
             not torch_available() or
             (spec.get("model_kwargs") and spec["task"] != "components")):
         return None
-    env = dict(os.environ, **(env or {}))
-    if not spec.get("malloc", True):  # glibc's defaults, huge pages off.
-        from resnext_jax.malloc import HUGE_PAGES_TUNABLE  # pylint: disable=import-outside-toplevel
-        env["GLIBC_TUNABLES"] = ":".join(
-            t for t in env.get("GLIBC_TUNABLES", "").split(":")
-            if t and t != HUGE_PAGES_TUNABLE)
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True, text=True, cwd=REPO, env=env)
+        capture_output=True, text=True, cwd=REPO,
+        env=dict(os.environ, **(env or {})))
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])

@@ -223,8 +223,6 @@ def main(argv=None) -> int:
     # As the library's entry points run: malloc that reuses XLA:CPU's step
     # buffers (torchvision, in this process, gets it too) and the
     # persistent compilation cache.
-    if argv is None:  # Run as a command: restarts with huge pages.
-        rx.restart_with_huge_pages()
     rx.configure_malloc()
     rx.enable_compilation_cache()
     info = cpu_description()

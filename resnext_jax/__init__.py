@@ -31,7 +31,7 @@ from resnext_jax.models import create_model
 from resnext_jax.models import init_variables
 from resnext_jax.models import list_models
 from resnext_jax.models import model_config
-from resnext_jax.malloc import configure_malloc, restart_with_huge_pages
+from resnext_jax.malloc import configure_malloc
 from resnext_jax.counting import count_flops
 from resnext_jax.counting import count_params
 from resnext_jax.counting import summarize
@@ -65,7 +65,6 @@ __all__ = (
     "pretrained_preprocessing",
     "read_state_dict",
     "resolve_conv_impl",
-    "restart_with_huge_pages",
     "save_pretrained",
     "save_safetensors",
     "summarize",

@@ -25,7 +25,7 @@ from jax import export as jax_export
 
 from resnext_jax import serving
 from resnext_jax.compilation_cache import enable_compilation_cache
-from resnext_jax.malloc import configure_malloc, restart_with_huge_pages
+from resnext_jax.malloc import configure_malloc
 from resnext_jax.models import ResNeXt
 from resnext_jax.preprocessing import Preprocessing
 
@@ -170,8 +170,6 @@ def main(argv=None) -> None:
                              "bundle's crop, or 224)")
     parser.add_argument("out", help="output file, e.g. model.rxexport")
     args = parser.parse_args(argv)
-    if argv is None:  # Run as a command: see resnext_jax/malloc.py.
-        restart_with_huge_pages()
     configure_malloc()
     enable_compilation_cache()
     try:

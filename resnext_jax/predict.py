@@ -27,7 +27,7 @@ import numpy as np
 from resnext_jax import serving
 from resnext_jax.compilation_cache import enable_compilation_cache
 from resnext_jax.conv import resolve_conv_impl
-from resnext_jax.malloc import configure_malloc, restart_with_huge_pages
+from resnext_jax.malloc import configure_malloc
 from resnext_jax.bundle import (default_class_names, imagenet_class_names,
                                 load_pretrained)
 from resnext_jax.convert import parse_model_kwargs
@@ -191,8 +191,6 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of text")
     args = parser.parse_args(argv)
-    if argv is None:  # Run as a command: see resnext_jax/malloc.py.
-        restart_with_huge_pages()
     configure_malloc()
     enable_compilation_cache()
     try:

@@ -37,11 +37,9 @@ def short_run(config, **overrides):
     return config
 
 
-def run_python(code: str, devices: int = 1, timeout: int = 300,
-               env: dict | None = None):
-    """Runs ``code`` in a fresh interpreter with ``devices`` CPU devices
-    and the environment updated with ``env``."""
-    env = dict(os.environ, **(env or {}))
+def run_python(code: str, devices: int = 1, timeout: int = 300):
+    """Runs ``code`` in a fresh interpreter with ``devices`` CPU devices."""
+    env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={devices}")
     env["JAX_PLATFORMS"] = "cpu"

@@ -156,8 +156,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    # As a command only (tests import this module): restarts once with
-    # malloc asking for huge pages (resnext_jax/malloc.py), before any work.
-    from resnext_jax.malloc import restart_with_huge_pages
-    restart_with_huge_pages()
     app.run(main, flags_parser=_parse_flags)
