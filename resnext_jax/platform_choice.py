@@ -26,6 +26,13 @@ def choose(by_platform: dict[str, Callable], default: Callable, *args):
     return lax.platform_dependent(*args, default=default, **branches)
 
 
+def _pullback(f: Callable) -> Callable:
+    """``(cotangent, *args) -> f``'s input cotangents, by ``jax.vjp``."""
+    def pullback(cotangent, *args):
+        return jax.vjp(f, *args)[1](cotangent)
+    return pullback
+
+
 def choose_with_vjp(by_platform: dict[str, Callable], default: Callable,
                     *args):
     """:func:`choose`, differentiable without linearizing a conditional.
@@ -44,18 +51,11 @@ def choose_with_vjp(by_platform: dict[str, Callable], default: Callable,
         return choose(by_platform, default, *args), args
 
     def backward(args, cotangent):
-        pullbacks = {}  # One pullback per distinct implementation.
-
-        def pullback_of(f):
-            if id(f) not in pullbacks:
-                def pullback(cotangent, *args):
-                    return jax.vjp(f, *args)[1](cotangent)
-                pullbacks[id(f)] = pullback
-            return pullbacks[id(f)]
-
-        return tuple(choose({p: pullback_of(f)
-                             for p, f in by_platform.items()},
-                            pullback_of(default), cotangent, *args))
+        # One pullback per distinct implementation (a dict keyed by the
+        # function), so that `choose` joins platforms that share one.
+        pullbacks = {f: _pullback(f) for f in (*by_platform.values(), default)}
+        return tuple(choose({p: pullbacks[f] for p, f in by_platform.items()},
+                            pullbacks[default], cotangent, *args))
 
     chosen.defvjp(forward, backward)
     return chosen(*args)
