@@ -264,6 +264,11 @@ def worker_jax_components(spec):
 
     model = _jax_model(spec)
     layers = _record_layers(model, spec["batch"], spec["size"])
+    if spec.get("one_per_kind"):  # --smoke: each code path once.
+        first = {}
+        for kind, sig, count in layers:
+            first.setdefault(kind, [kind, sig, count])
+        layers = list(first.values())
     key = jax.random.PRNGKey(0)
     rows = []
     for kind, sig, count in layers:
@@ -503,7 +508,8 @@ def _sum_by_kind(rows):
 
 
 def part_components(args, report):
-    ours = run_worker(_spec("jax", "components", args))
+    ours = run_worker(_spec("jax", "components", args,
+                            one_per_kind=args.smoke))
     layers = [[r["kind"], r["sig"], r["count"]] for r in ours["rows"]
               if r["kind"] != "optimizer"]
     theirs = run_worker(_spec("torch", "components", args, layers=layers,
