@@ -27,6 +27,7 @@ from resnext_jax import __version__
 from resnext_jax.convert import (load_torch_state_dict, read_state_dict,
                                  save_safetensors)
 from resnext_jax.models import ResNeXt, create_model
+from resnext_jax.pretrained_cfg import pretrained_preprocessing
 from resnext_jax.preprocessing import Preprocessing
 
 FORMAT = "resnext_jax.bundle/1"
@@ -213,7 +214,9 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
     model = create_model(model_name, **model_kwargs)
     variables = load_torch_state_dict(
         state, model, head="keep" if model.num_classes else "drop")
-    preprocessing = (Preprocessing.cifar() if model.stem == "cifar"
-                     else Preprocessing())
+    # The transform the publisher evaluated these weights with (timm's
+    # interpolation and crop_pct for timm's names).
+    preprocessing = pretrained_preprocessing(model_name) or (
+        Preprocessing.cifar() if model.stem == "cifar" else Preprocessing())
     return Pretrained(model, variables, preprocessing,
                       default_class_names(model.num_classes))

@@ -102,6 +102,20 @@ def test_weights_file_with_a_model_name(tmp_path):
         rx.load_pretrained(tmp_path)
 
 
+def test_weights_file_of_a_timm_model_gets_timms_preprocessing(tmp_path):
+    # timm evaluates seresnext101_32x8d bicubic with crop_pct 0.95.
+    kwargs = dict(stage_sizes=(1, 1, 1, 1), cardinality=4, base_width=4,
+                  num_classes=7)
+    model = rx.create_model("seresnext101_32x8d", **kwargs)
+    variables = random_variables(model)
+    rx.save_safetensors(variables, model, tmp_path / "w.safetensors")
+    loaded = rx.load_pretrained(tmp_path / "w.safetensors",
+                                "seresnext101_32x8d", **kwargs)
+    assert loaded.preprocessing == rx.Preprocessing(
+        resize_size=236, crop_size=224, interpolation="bicubic")
+    _assert_same(loaded.variables, variables)
+
+
 def test_old_workdir_error_is_one_line_with_the_fix(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(FileNotFoundError) as error:
