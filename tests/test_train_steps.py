@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from train import mesh as mesh_lib, optim, steps
@@ -178,3 +179,48 @@ def test_one_device_equals_eight_devices(eight_devices, tmp_path):
     for key, value in one.items():
         np.testing.assert_allclose(value, eight[key], rtol=2e-4, atol=2e-5,
                                    err_msg=key)
+
+
+def test_head_only_step_computes_no_backbone_backward():
+    # Linear probing: the classifier's gradient alone, through an eval-mode
+    # backbone. XLA's lowering makes every convolution one op to count.
+    config = tiny_config(trainable="head")
+    config.model_kwargs.conv_impl = "xla"
+    model, tx, schedule, mesh, state = _setup(config)
+
+    def head_only_step(head_only):
+        return mesh_lib.data_parallel(
+            steps.make_train_step(model, tx, schedule, head_only=head_only),
+            mesh, donate=False, has_state_output=True)
+
+    def count_convolutions(head_only):
+        text = head_only_step(head_only).lower(state, _batch()).as_text()
+        return text.count("stablehlo.convolution")
+
+    forward_only = jax.jit(lambda v, x: model.apply(v, x)).lower(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        _batch()["image"]).as_text().count("stablehlo.convolution")
+    assert count_convolutions(head_only=True) == forward_only
+    assert count_convolutions(head_only=False) > 2 * forward_only
+
+    new_state, _ = head_only_step(True)(state, _batch())
+    # The classifier moves by its gradient through the eval-mode model;
+    # nothing else changes.
+    def head_loss(fc):
+        logits = model.apply({"params": dict(state.params, fc=fc),
+                              "batch_stats": state.batch_stats},
+                             _batch()["image"])
+        return steps.cross_entropy(logits, _batch()["label"]).mean()
+    grads = jax.tree.map(jnp.zeros_like, state.params)
+    grads["fc"] = jax.grad(head_loss)(state.params["fc"])
+    updates, _ = tx.update(grads, tx.init(state.params), state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                         atol=1e-7),
+                 new_state.params["fc"],
+                 optax.apply_updates(state.params, updates)["fc"])
+    for name in state.params:
+        if name != "fc":
+            jax.tree.map(np.testing.assert_array_equal, new_state.params[name],
+                         state.params[name])
+    jax.tree.map(np.testing.assert_array_equal, new_state.batch_stats,
+                 state.batch_stats)

@@ -100,7 +100,7 @@ def setup(config: ml_collections.ConfigDict,
         steps.make_train_step(model, tx, schedule,
                               label_smoothing=config.label_smoothing,
                               grad_accum_steps=config.grad_accum_steps,
-                              frozen_batch_stats=config.trainable == "head"),
+                              head_only=config.trainable == "head"),
         mesh, donate=True, has_state_output=True)
     eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh,
                                        donate=False, has_state_output=False)

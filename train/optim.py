@@ -86,10 +86,14 @@ def create_optimizer(config: ml_collections.ConfigDict,
     return tx
 
 
+# The classifier's parameters (named as in torchvision and timm).
+HEAD = "fc"
+
+
 def head_labels(params: Any) -> Any:
     """A tree like ``params``: "train" for the classifier (``fc``), "frozen"
     for the backbone."""
     def label(path, _):
-        return "train" if getattr(path[0], "key", None) == "fc" else "frozen"
+        return "train" if getattr(path[0], "key", None) == HEAD else "frozen"
 
     return jax.tree_util.tree_map_with_path(label, params)

@@ -19,6 +19,7 @@ import optax
 from jax import lax
 
 from train.mesh import AXIS
+from train.optim import HEAD
 
 
 @flax.struct.dataclass
@@ -58,7 +59,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, label_smoothing: float = 0.0,
-                    grad_accum_steps: int = 1, frozen_batch_stats: bool = False,
+                    grad_accum_steps: int = 1, head_only: bool = False,
                     axis_name: str | None = AXIS) -> Callable:
     """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -67,16 +68,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     k micro-batches whose gradients are averaged (BatchNorm statistics are
     updated after each); the optimizer steps once. ``model`` must be built
     with ``axis_name`` so that BatchNorm averages its statistics across
-    devices. ``frozen_batch_stats`` runs the model in eval mode (BatchNorm
-    normalizes with, and keeps, its running statistics): linear probing.
+    devices. ``head_only`` is linear probing: the model runs in eval mode
+    (BatchNorm normalizes with, and keeps, its running statistics) and every
+    parameter outside the classifier (``fc``) is under ``stop_gradient``, so
+    the backbone's backward pass is never computed (its gradient is zero).
     """
 
     def pmean(tree):
         return lax.pmean(tree, axis_name) if axis_name else tree
 
     def loss_fn(params, batch_stats, images, labels, rng):
+        if head_only:
+            params = {name: value if name == HEAD else lax.stop_gradient(value)
+                      for name, value in params.items()}
         variables = {"params": params, "batch_stats": batch_stats}
-        if frozen_batch_stats:
+        if head_only:
             logits = model.apply(variables, images, train=False,
                                  rngs={"dropout": rng})
         else:
