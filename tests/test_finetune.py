@@ -20,6 +20,7 @@ from configs.finetune_folder import get_config
 from resnext_jax import pretrained_cfg
 from train import init_from, loop
 from train.model_factory import build_model
+from train.workdir import ConfigMismatchError
 from train_helpers import short_run
 
 CLASSES = ["cat", "dog", "fox"]
@@ -324,3 +325,26 @@ def test_resume_never_reads_init_from(probed, folder, tmp_path, capsys):
     for key in uninterrupted:  # The head, trained on from step 2.
         np.testing.assert_array_equal(resumed[key], uninterrupted[key],
                                       err_msg=key)
+
+
+@pytest.mark.parametrize("change", [{"trainable": "all"},
+                                    {"momentum": 0.0},
+                                    {"trainable": "all",
+                                     "allow_config_change": True}])
+def test_resume_with_another_optimizer_state_names_the_fix(probed, folder,
+                                                           change):
+    """A linear probe's checkpoints hold no momentum for the backbone:
+    they cannot resume a full fine-tune (or momentum-free SGD), and the
+    error says what to do instead, before anything compiles or moves."""
+    workdir, source = probed
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    config = _config(folder, source, trainable="head")
+    config.update(change)
+    with pytest.raises(ConfigMismatchError) as error:
+        loop.train_and_evaluate(config, workdir)
+    message = str(error.value)
+    changed = "trainable: 'head' -> 'all'" if "trainable" in change else (
+        "momentum: 'used' -> 'none'")
+    assert changed in message
+    assert f"--config.init_from={workdir}" in message
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before

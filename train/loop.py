@@ -70,9 +70,11 @@ def setup(config: ml_collections.ConfigDict,
     mesh = mesh_lib.make_mesh()
     validate_config(config, num_devices=mesh.size,
                     num_processes=jax.process_count())
+    resuming = checkpoint.has_saved_steps(workdir)
+    if resuming:
+        workdir_lib.check_optimizer_state(workdir, config)
     # Pretrained weights are read only by a run that starts at step 0.
-    init_plan = init_from.plan(config, workdir,
-                               resuming=checkpoint.has_saved_steps(workdir))
+    init_plan = init_from.plan(config, workdir, resuming=resuming)
     source = data_lib.create_data_source(
         config, preprocessing=init_from.run_preprocessing(
             config, init_plan.source_preprocessing))

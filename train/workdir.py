@@ -55,7 +55,8 @@ MODEL_FIELDS = ("model", "model_kwargs", "dataset", "image_size")
 # learning rate: a resumed run with other values would continue another
 # run's data order or schedule. The learning rate itself, momentum and
 # weight decay may change (lowering the rate is the remedy for a diverging
-# run).
+# run), though not in ways that change the optimizer state's structure
+# (see check_optimizer_state).
 RESUME_FIELDS = ("batch_size", "seed", "shuffle_buffer_size", "train_split",
                  "folder_eval_fraction", "num_train_steps", "num_epochs",
                  "lr_schedule", "warmup_epochs", "lr_decay_epochs")
@@ -212,6 +213,35 @@ def check_fresh_start(workdir: str | pathlib.Path,
             f"(set aside as damaged in {damaged}, or deleted). To start over from step 0 in "
             "this workdir pass --config.restart_from_scratch=True, or use a "
             "new --workdir.")
+
+
+def _optimizer_state_kind(config: dict) -> dict:
+    """What decides the structure of the optimizer's state: a checkpoint's
+    state restores only into an optimizer that agrees on all of it."""
+    return {"trainable": config.get("trainable", "all"),
+            "momentum": "none" if not config.get("momentum") else "used"}
+
+
+def check_optimizer_state(workdir: str | pathlib.Path,
+                          config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigMismatchError` when the run's checkpoints hold
+    an optimizer state of another structure than ``config``'s optimizer
+    (``trainable``, momentum on or off). ``allow_config_change`` cannot
+    override it: such a checkpoint cannot be restored."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / CONFIG_FILE).is_file():
+        return
+    saved = _optimizer_state_kind(load_config(workdir).to_dict())
+    new = _optimizer_state_kind(_to_dict(config))
+    diffs = [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in saved
+             if saved[k] != new[k]]
+    if diffs:
+        raise ConfigMismatchError(
+            f"{workdir} holds checkpoints of another optimizer "
+            f"({'; '.join(diffs)}): its state has another structure and "
+            "cannot be restored into this one. To start from that run's "
+            "weights, use a new --workdir with "
+            f"--config.init_from={workdir}.")
 
 
 def check_resumable(workdir: str | pathlib.Path,
