@@ -26,7 +26,9 @@ from resnext_jax import conv as conv_lib
 STAGES = [(56, 128), (28, 256), (14, 512), (7, 1024)]
 
 
-def _time(fn, *args, runs: int) -> float:
+def median_seconds(fn, *args, runs: int) -> float:
+    """Median wall time of ``fn(*args)`` over ``runs`` calls after one
+    (compiling) call."""
     jax.block_until_ready(fn(*args))  # compile
     times = []
     for _ in range(runs):
@@ -50,13 +52,13 @@ def measure(batch, height, channels, groups, dtype, impl, chunk, runs,
         return conv_lib.grouped_conv(x, kernel, padding=((1, 1), (1, 1)),
                                      groups=groups, impl=impl)
 
-    fwd = _time(jax.jit(conv), x, kernel, runs=runs)
+    fwd = median_seconds(jax.jit(conv), x, kernel, runs=runs)
     bwd = None
     if backward:
         grad = jax.jit(jax.grad(
             lambda x, k: jnp.sum(conv(x, k).astype(jnp.float32) ** 2),
             argnums=(0, 1)))
-        bwd = _time(grad, x, kernel, runs=runs)
+        bwd = median_seconds(grad, x, kernel, runs=runs)
     return fwd, bwd
 
 

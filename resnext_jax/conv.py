@@ -15,7 +15,9 @@ Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
   grouped KxK convolution becomes a few dense convolutions, each over a
   block-diagonal kernel covering a chunk of groups. XLA:CPU expands or
   crawls through grouped convolutions (30-170x slower than PyTorch), so this
-  is far faster on CPU despite the zeros it multiplies.
+  is far faster on CPU despite the zeros it multiplies. Where XLA:CPU's
+  kernel gradient is slow (strided, or 64+ or at most 4 input channels per
+  convolution), it is one batched GEMM over image patches instead.
 * ``"hybrid_blockdiag"`` and ``"hybrid_im2col"``: the native forward and input
   gradient, with the kernel gradient computed another way (the dense
   block-diagonal convolutions' kernel gradient, or patches and one batched
@@ -181,18 +183,44 @@ def _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups=None):
     return jnp.concatenate(parts, axis=-1)
 
 
-def _dense_conv(x, kernel, strides, padding, groups, chunk_groups=None):
-    """The ``dense`` lowering: GEMMs and dense convolutions only."""
-    if groups == 1 and _is_pointwise(kernel, padding):
-        return _pointwise_matmul(x, kernel, strides)
+def _chunked_conv(x, kernel, strides, padding, groups, chunk_groups):
+    """One dense convolution, or one per chunk of groups (block-diagonal)."""
     if groups == 1:
         return _conv(x, kernel, strides, padding)
     return _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
 
 
-# Dense KxK convolutions with at most this many input channels (the stems'
-# first convolution, over the image) take their kernel gradient from patches.
-_IM2COL_MAX_CHANNELS = 4
+def _dense_conv(x, kernel, strides, padding, groups, chunk_groups=None):
+    """The ``dense`` lowering: GEMMs and dense convolutions only."""
+    if groups == 1 and _is_pointwise(kernel, padding):
+        return _pointwise_matmul(x, kernel, strides)
+    _, _, cin_g, cout = kernel.shape
+    if chunk_groups is None:
+        chunk_groups = default_chunk_groups(groups, cin_g, cout // groups)
+    if _patches_kernel_grad_is_faster(chunk_groups * cin_g, strides):
+        return _conv_patches_kernel_grad(x, kernel, strides, padding, groups,
+                                         chunk_groups)
+    return _chunked_conv(x, kernel, strides, padding, groups, chunk_groups)
+
+
+# XLA:CPU's kernel gradient of a dense convolution is fast only for narrow
+# inputs at stride 1. Measured (benchmarks/bench_kernel_grad.py, batch 16,
+# 3x3): a GEMM over image patches is 1.4-6.9x faster with 64 or more input
+# channels per convolution (ResNet-50's 3x3s, ResNeXt-29's 64-256 channel
+# groups), 0.9-1.8x for strided ones, about 6x for an image's 3 channels
+# (the stems), and 1.4-2x slower for ResNeXt-50's 16-32 channel chunks at
+# stride 1, which keep XLA's.
+_PATCHES_MAX_CHANNELS = 4
+_PATCHES_MIN_CHANNELS = 64
+# Patches beyond this size are built a few chunks at a time, to bound the
+# extra memory of the backward pass (ResNeXt-29 8x64d at batch 64 would
+# otherwise hold 1.2 GB of them at once).
+_PATCHES_MAX_BYTES = 256 * 2**20
+
+
+def _patches_kernel_grad_is_faster(chunk_channels: int, strides) -> bool:
+    return (tuple(strides) != (1, 1) or chunk_channels <= _PATCHES_MAX_CHANNELS
+            or chunk_channels >= _PATCHES_MIN_CHANNELS)
 
 
 def _explicit_padding(x, window, strides, padding):
@@ -228,40 +256,71 @@ def image_patches(x, window, strides, padding):
          for i in range(kh)], axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _image_conv(x, kernel, strides, padding):
-    """XLA's dense convolution, with the kernel gradient as one GEMM over
-    image patches. XLA:CPU's own kernel gradient for a 3-channel input is
-    slow: 550 ms for ResNeXt-50's 7x7/2 stem at batch 16, against 30 ms
-    for the patches and 60 ms for the GEMM."""
-    return _conv(x, kernel, strides, padding)
+def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
+                               groups, chunk_groups):
+    """The kernel gradient of :func:`_chunked_conv` from image patches.
+
+    For each chunk of ``chunk_groups`` groups, ``patches^T @ dy`` over every
+    output pixel of the batch (one batched GEMM over the chunks), of which
+    the diagonal blocks are the groups' kernel gradients.
+    """
+    kh, kw, cin_g, cout = kernel_shape
+    cout_g = cout // groups
+    num_chunks = groups // chunk_groups
+    chunk_in, chunk_out = chunk_groups * cin_g, chunk_groups * cout_g
+    n, h, w, _ = x.shape
+    _, ho, wo, _ = dy.shape
+    per_chunk = n * ho * wo * kh * kw * chunk_in * x.dtype.itemsize
+    step = max(1, min(num_chunks, _PATCHES_MAX_BYTES // max(per_chunk, 1)))
+    # Chunk-major: (chunks, N, H, W, chunk_in) and (chunks, pixels, chunk_out).
+    x = jnp.moveaxis(x.reshape(n, h, w, num_chunks, chunk_in), 3, 0)
+    dy = jnp.moveaxis(dy.reshape(n * ho * wo, num_chunks, chunk_out), 1, 0)
+    pieces = []
+    for first in range(0, num_chunks, step):
+        count = min(step, num_chunks - first)
+        xs = x[first:first + count].reshape(count * n, h, w, chunk_in)
+        patches = image_patches(xs, (kh, kw), strides, padding).reshape(
+            count, n * ho * wo, kh * kw * chunk_in)
+        pieces.append(lax.dot_general(
+            patches, dy[first:first + count], (((1,), (1,)), ((0,), (0,))),
+            preferred_element_type=jnp.float32))
+    dk = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+    # (chunks, kh, kw, group in, cin_g, group out, cout_g): keep gi == go.
+    dk = dk.reshape(num_chunks, kh, kw, chunk_groups, cin_g, chunk_groups,
+                    cout_g)
+    dk = jnp.diagonal(dk, axis1=3, axis2=5)  # (..., cin_g, cout_g, group)
+    dk = jnp.moveaxis(dk, -1, 3)  # (chunks, kh, kw, group, cin_g, cout_g)
+    return dk.transpose(1, 2, 4, 0, 3, 5).reshape(kernel_shape)
 
 
-def _image_conv_fwd(x, kernel, strides, padding):
-    return _conv(x, kernel, strides, padding), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_patches_kernel_grad(x, kernel, strides, padding, groups,
+                              chunk_groups):
+    """:func:`_chunked_conv` with the kernel gradient from image patches
+    (:func:`_chunk_patches_kernel_grad`); the input gradient is XLA's."""
+    return _chunked_conv(x, kernel, strides, padding, groups, chunk_groups)
 
 
-def _image_conv_bwd(strides, padding, residuals, dy):
+def _conv_patches_kernel_grad_fwd(x, kernel, strides, padding, groups,
+                                  chunk_groups):
+    out = _chunked_conv(x, kernel, strides, padding, groups, chunk_groups)
+    return out, (x, kernel)
+
+
+def _conv_patches_kernel_grad_bwd(strides, padding, groups, chunk_groups,
+                                  residuals, dy):
     x, kernel = residuals
-    kh, kw, cin, cout = kernel.shape
-    patches = image_patches(x, (kh, kw), strides, padding)
-    dk = lax.dot_general(patches.reshape(-1, kh * kw * cin),
-                         dy.reshape(-1, cout), (((0,), (0,)), ((), ())),
-                         preferred_element_type=jnp.float32)
     # The input gradient (unused, and so removed by XLA, for an image).
-    _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, strides, padding), x)
+    _, input_vjp = jax.vjp(lambda x: _chunked_conv(
+        x, kernel, strides, padding, groups, chunk_groups), x)
     dx, = input_vjp(dy)
-    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+    dk = _chunk_patches_kernel_grad(x, dy, kernel.shape, strides, padding,
+                                    groups, chunk_groups)
+    return dx, dk.astype(kernel.dtype)
 
 
-_image_conv.defvjp(_image_conv_fwd, _image_conv_bwd)
-
-
-def _dense_kxk_conv(x, kernel, strides, padding):
-    """The ``dense`` lowering of an ungrouped KxK convolution."""
-    if kernel.shape[2] <= _IM2COL_MAX_CHANNELS:
-        return _image_conv(x, kernel, strides, padding)
-    return _conv(x, kernel, strides, padding)
+_conv_patches_kernel_grad.defvjp(_conv_patches_kernel_grad_fwd,
+                                 _conv_patches_kernel_grad_bwd)
 
 
 def _patches_kernel_grad(x, dy, kernel_shape, strides, padding, groups):
@@ -338,13 +397,13 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
     strides = tuple(strides)
     padding = _hashable_padding(padding)
     if groups == 1 and not _is_pointwise(kernel, padding):
-        # A dense KxK convolution (the stems): XLA's, with the kernel
-        # gradient from patches on CPU when it reads the image.
+        # A dense KxK convolution (the stems, ResNet's 3x3s): XLA's, with
+        # the kernel gradient from patches on CPU where that is faster.
         lowerings = {name: functools.partial(_conv, strides=strides,
                                              padding=padding)
                      for name in CONV_IMPLS}
         lowerings["dense"] = functools.partial(
-            _dense_kxk_conv, strides=strides, padding=padding)
+            _dense_conv, strides=strides, padding=padding, groups=1)
         if impl == "auto":
             return _per_platform(lowerings, x, kernel)
         return lowerings[impl](x, kernel)

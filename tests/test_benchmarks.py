@@ -92,3 +92,13 @@ def test_bench_cpu_smoke_runs_every_part(tmp_path):
     # The persistent cache works: the second process compiles nothing.
     assert warm["compile_s"] < cold["compile_s"] / 2
     assert {r["spec"]["mode"] for r in data["curve"]} == {"infer", "train"}
+
+
+def test_bench_kernel_grad_smoke(tmp_path):
+    out = tmp_path / "kernel_grad.json"
+    stdout = _run("bench_kernel_grad.py", "--smoke", "--json", str(out))
+    assert "patches" in stdout
+    rows = json.loads(out.read_text())["rows"]
+    # Both ways compute the same gradient; the strided one uses patches.
+    assert all(r["max_rel_diff"] < 1e-5 for r in rows)
+    assert [r["used"] for r in rows] == ["XLA", "patches"]

@@ -37,6 +37,9 @@ CASES = [
     (2, 10, 9, 3, 8, 3, 1, 1, "SAME"),
     (1, 11, 13, 4, 6, 7, 1, 2, "SAME"),
     (2, 7, 7, 8, 8, 3, 2, 1, ((2, 0), (0, 1))),
+    # 64+ input channels per dense convolution: the patches kernel gradient.
+    (1, 5, 5, 64, 32, 3, 1, 1, ((1, 1), (1, 1))),
+    (2, 6, 5, 128, 64, 3, 2, 1, "SAME"),
 ]
 
 
@@ -84,6 +87,23 @@ def test_every_chunk_size_is_exact(chunk):
     ref = _reference(x, kernel, (1, 1), "SAME", 8)
     out = conv_lib._blockdiag_conv(x, kernel, (1, 1), "SAME", 8, chunk)
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("strides, groups", [((2, 2), 8), ((1, 1), 1)])
+def test_patches_kernel_gradient_in_pieces_is_exact(monkeypatch, strides,
+                                                    groups):
+    # A tiny memory bound: one GEMM per chunk instead of one for all.
+    monkeypatch.setattr(conv_lib, "_PATCHES_MAX_BYTES", 1)
+    cin = 32 if groups > 1 else 64
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 6, cin))
+    kernel = jax.random.normal(jax.random.PRNGKey(2),
+                               (3, 3, cin // groups, 32)) / 10
+    loss = lambda fn, k: jnp.sum(jnp.sin(fn(x, k)))
+    got = jax.grad(lambda k: loss(lambda x, k: conv_lib._dense_conv(
+        x, k, strides, "SAME", groups), k))(kernel)
+    want = jax.grad(lambda k: loss(lambda x, k: _reference(
+        x, k, strides, "SAME", groups), k))(kernel)
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
 
 
 def test_block_diagonal_kernel_layout():
