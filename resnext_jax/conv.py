@@ -212,9 +212,9 @@ def _dense_conv(x, kernel, strides, padding, groups, chunk_groups=None):
 # stride 1, which keep XLA's.
 _PATCHES_MAX_CHANNELS = 4
 _PATCHES_MIN_CHANNELS = 64
-# Patches beyond this size are built a few chunks at a time, to bound the
-# extra memory of the backward pass (ResNeXt-29 8x64d at batch 64 would
-# otherwise hold 1.2 GB of them at once).
+# Patches beyond this size are built a few chunks at a time, in a loop, to
+# bound the extra memory of the backward pass (unrolled, XLA held all 8
+# chunks' of a ResNeXt-29 8x64d convolution at batch 64 at once, 1.2 GB).
 _PATCHES_MAX_BYTES = 256 * 2**20
 
 
@@ -261,8 +261,9 @@ def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
     """The kernel gradient of :func:`_chunked_conv` from image patches.
 
     For each chunk of ``chunk_groups`` groups, ``patches^T @ dy`` over every
-    output pixel of the batch (one batched GEMM over the chunks), of which
-    the diagonal blocks are the groups' kernel gradients.
+    output pixel of the batch (one GEMM per chunk, in a loop over pieces of
+    at most ``_PATCHES_MAX_BYTES`` of patches), of which the diagonal blocks
+    are the groups' kernel gradients.
     """
     kh, kw, cin_g, cout = kernel_shape
     cout_g = cout // groups
@@ -272,19 +273,20 @@ def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
     _, ho, wo, _ = dy.shape
     per_chunk = n * ho * wo * kh * kw * chunk_in * x.dtype.itemsize
     step = max(1, min(num_chunks, _PATCHES_MAX_BYTES // max(per_chunk, 1)))
-    # Chunk-major: (chunks, N, H, W, chunk_in) and (chunks, pixels, chunk_out).
+    # Chunk-major: (chunks, N, H, W, chunk_in) and (chunks, pixels, out).
     x = jnp.moveaxis(x.reshape(n, h, w, num_chunks, chunk_in), 3, 0)
     dy = jnp.moveaxis(dy.reshape(n * ho * wo, num_chunks, chunk_out), 1, 0)
-    pieces = []
-    for first in range(0, num_chunks, step):
-        count = min(step, num_chunks - first)
-        xs = x[first:first + count].reshape(count * n, h, w, chunk_in)
-        patches = image_patches(xs, (kh, kw), strides, padding).reshape(
-            count, n * ho * wo, kh * kw * chunk_in)
-        pieces.append(lax.dot_general(
-            patches, dy[first:first + count], (((1,), (1,)), ((0,), (0,))),
-            preferred_element_type=jnp.float32))
-    dk = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+
+    def chunk_grad(operands):
+        x, dy = operands
+        patches = image_patches(x, (kh, kw), strides, padding)
+        return lax.dot_general(
+            patches.reshape(n * ho * wo, kh * kw * chunk_in), dy,
+            (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+    # A loop over pieces of `step` chunks (batched within a piece): XLA then
+    # holds one piece's patches at a time, whatever its schedule.
+    dk = lax.map(chunk_grad, (x, dy), batch_size=step)
     # (chunks, kh, kw, group in, cin_g, group out, cout_g): keep gi == go.
     dk = dk.reshape(num_chunks, kh, kw, chunk_groups, cin_g, chunk_groups,
                     cout_g)
