@@ -215,7 +215,7 @@ _PATCHES_MIN_CHANNELS = 64
 # Patches beyond this size are built a few chunks at a time, in a loop, to
 # bound the extra memory of the backward pass (unrolled, XLA held all 8
 # chunks' of a ResNeXt-29 8x64d convolution at batch 64 at once, 1.2 GB).
-_PATCHES_MAX_BYTES = 256 * 2**20
+_PATCHES_MAX_BYTES = 64 * 2**20
 
 
 def _patches_kernel_grad_is_faster(chunk_channels: int, strides) -> bool:
@@ -256,6 +256,11 @@ def image_patches(x, window, strides, padding):
          for i in range(kh)], axis=-1)
 
 
+def _largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit``."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
 def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
                                groups, chunk_groups):
     """The kernel gradient of :func:`_chunked_conv` from image patches.
@@ -271,22 +276,30 @@ def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
     chunk_in, chunk_out = chunk_groups * cin_g, chunk_groups * cout_g
     n, h, w, _ = x.shape
     _, ho, wo, _ = dy.shape
-    per_chunk = n * ho * wo * kh * kw * chunk_in * x.dtype.itemsize
-    step = max(1, min(num_chunks, _PATCHES_MAX_BYTES // max(per_chunk, 1)))
-    # Chunk-major: (chunks, N, H, W, chunk_in) and (chunks, pixels, out).
+    per_image = ho * wo * kh * kw * chunk_in * x.dtype.itemsize
+    # Pieces of `images` images of one chunk, or of `step` whole chunks.
+    images = _largest_divisor(n, max(1, _PATCHES_MAX_BYTES // per_image))
+    parts = n // images
+    step = (1 if parts > 1 else
+            max(1, min(num_chunks, _PATCHES_MAX_BYTES // (per_image * n))))
+    # Chunk-major: (chunks * parts, images, H, W, chunk_in) and
+    # (chunks * parts, pixels, out).
     x = jnp.moveaxis(x.reshape(n, h, w, num_chunks, chunk_in), 3, 0)
-    dy = jnp.moveaxis(dy.reshape(n * ho * wo, num_chunks, chunk_out), 1, 0)
+    x = x.reshape(num_chunks * parts, images, h, w, chunk_in)
+    dy = jnp.moveaxis(dy.reshape(n, ho * wo, num_chunks, chunk_out), 2, 0)
+    dy = dy.reshape(num_chunks * parts, images * ho * wo, chunk_out)
 
-    def chunk_grad(operands):
+    def piece_grad(operands):
         x, dy = operands
         patches = image_patches(x, (kh, kw), strides, padding)
         return lax.dot_general(
-            patches.reshape(n * ho * wo, kh * kw * chunk_in), dy,
+            patches.reshape(images * ho * wo, kh * kw * chunk_in), dy,
             (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
-    # A loop over pieces of `step` chunks (batched within a piece): XLA then
-    # holds one piece's patches at a time, whatever its schedule.
-    dk = lax.map(chunk_grad, (x, dy), batch_size=step)
+    # A loop over the pieces: XLA then holds one piece's patches at a time,
+    # whatever its schedule.
+    dk = lax.map(piece_grad, (x, dy), batch_size=step)
+    dk = dk.reshape(num_chunks, parts, kh * kw * chunk_in, chunk_out).sum(1)
     # (chunks, kh, kw, group in, cin_g, group out, cout_g): keep gi == go.
     dk = dk.reshape(num_chunks, kh, kw, chunk_groups, cin_g, chunk_groups,
                     cout_g)
