@@ -44,20 +44,21 @@ SMOKE_SHAPES = [("tiny", 8, 32, 8, 1), ("tiny", 8, 64, 1, 2)]
 
 
 def measure(batch, height, channels, groups, stride, runs):
-    """(XLA's ms, patches ms, max relative difference) for one shape."""
+    """(XLA's ms, patches ms, max relative difference, input channels
+    per dense convolution) for one shape."""
     kx, kk, kd = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (batch, height, height, channels))
     kernel = jax.random.normal(kk, (3, 3, channels // groups, channels)) / 30
     strides, padding = (stride, stride), ((1, 1), (1, 1))
     chunk = conv_lib.default_chunk_groups(groups, channels // groups,
                                           channels // groups)
-    out = jax.eval_shape(lambda x, k: conv_lib._chunked_conv(
+    out = jax.eval_shape(lambda x, k: conv_lib._blockdiag_conv(
         x, k, strides, padding, groups, chunk), x, kernel)
     dy = jax.random.normal(kd, out.shape)
 
     @jax.jit
     def xla(x, kernel, dy):
-        _, vjp = jax.vjp(lambda k: conv_lib._chunked_conv(
+        _, vjp = jax.vjp(lambda k: conv_lib._blockdiag_conv(
             x, k, strides, padding, groups, chunk), kernel)
         return vjp(dy)[0]
 

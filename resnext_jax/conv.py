@@ -158,6 +158,10 @@ def _pointwise_matmul(x, kernel, strides):
 
 
 def _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups=None):
+    """Dense convolutions, one per chunk of ``chunk_groups`` groups over a
+    block-diagonal kernel; one plain convolution for ``groups == 1``."""
+    if groups == 1:
+        return _conv(x, kernel, strides, padding)
     h, w, cin_g, cout = kernel.shape
     cout_g = cout // groups
     if chunk_groups is None:
@@ -183,13 +187,6 @@ def _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups=None):
     return jnp.concatenate(parts, axis=-1)
 
 
-def _chunked_conv(x, kernel, strides, padding, groups, chunk_groups):
-    """One dense convolution, or one per chunk of groups (block-diagonal)."""
-    if groups == 1:
-        return _conv(x, kernel, strides, padding)
-    return _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
-
-
 def _dense_conv(x, kernel, strides, padding, groups, chunk_groups=None):
     """The ``dense`` lowering: GEMMs and dense convolutions only."""
     if groups == 1 and _is_pointwise(kernel, padding):
@@ -200,7 +197,7 @@ def _dense_conv(x, kernel, strides, padding, groups, chunk_groups=None):
     if _patches_kernel_grad_is_faster(chunk_groups * cin_g, strides):
         return _conv_patches_kernel_grad(x, kernel, strides, padding, groups,
                                          chunk_groups)
-    return _chunked_conv(x, kernel, strides, padding, groups, chunk_groups)
+    return _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
 
 
 # XLA:CPU's kernel gradient of a dense convolution is fast only for narrow
@@ -263,7 +260,7 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
                                groups, chunk_groups):
-    """The kernel gradient of :func:`_chunked_conv` from image patches.
+    """The kernel gradient of :func:`_blockdiag_conv` from image patches.
 
     For each chunk of ``chunk_groups`` groups, ``patches^T @ dy`` over every
     output pixel of the batch (one GEMM per chunk, in a loop over pieces of
@@ -311,14 +308,14 @@ def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_patches_kernel_grad(x, kernel, strides, padding, groups,
                               chunk_groups):
-    """:func:`_chunked_conv` with the kernel gradient from image patches
+    """:func:`_blockdiag_conv` with the kernel gradient from image patches
     (:func:`_chunk_patches_kernel_grad`); the input gradient is XLA's."""
-    return _chunked_conv(x, kernel, strides, padding, groups, chunk_groups)
+    return _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
 
 
 def _conv_patches_kernel_grad_fwd(x, kernel, strides, padding, groups,
                                   chunk_groups):
-    out = _chunked_conv(x, kernel, strides, padding, groups, chunk_groups)
+    out = _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
     return out, (x, kernel)
 
 
@@ -326,7 +323,7 @@ def _conv_patches_kernel_grad_bwd(strides, padding, groups, chunk_groups,
                                   residuals, dy):
     x, kernel = residuals
     # The input gradient (unused, and so removed by XLA, for an image).
-    _, input_vjp = jax.vjp(lambda x: _chunked_conv(
+    _, input_vjp = jax.vjp(lambda x: _blockdiag_conv(
         x, kernel, strides, padding, groups, chunk_groups), x)
     dx, = input_vjp(dy)
     dk = _chunk_patches_kernel_grad(x, dy, kernel.shape, strides, padding,
