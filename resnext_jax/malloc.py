@@ -7,9 +7,16 @@ step page-faults and zeroes all of that memory again: about 730,000 minor
 page faults, a fifth of the step's time. Keeping freed memory in the process
 (one arena, no ``mmap`` for large blocks, no trimming) removes them all:
 the train step gets 20-35% faster. The price is memory: one arena that
-never shrinks ends up holding two copies of that buffer (ResNeXt-50 at
-batch 16: 6.4 GiB peak resident against 4.1 GiB), so it is a choice, and
-``RESNEXT_JAX_MALLOC=off`` reverts it.
+never shrinks usually ends up holding two copies of that buffer (ResNeXt-50
+at batch 16: 6.4 GiB peak resident against 4.1 GiB), sometimes three.
+XLA:CPU frees a step's buffer on its worker thread just after it signals
+the step's outputs, so the next step, started by those outputs, allocates
+its buffer before the last one is back; and a small allocation that lands
+in the freed buffer's hole leaves it too small for the next step. So it is
+a choice: ``RESNEXT_JAX_MALLOC=off`` reverts it, and
+:func:`release_if_near_limit` (the trainer calls it after every step)
+reverts it by itself before the memory kept for speed can get the process
+killed.
 
 Entry points (the trainer, ``resnext-predict``, ``resnext-export``, the
 benchmarks) call :func:`configure_malloc` before jax starts its threads;
@@ -24,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import pathlib
 import sys
 
 ENV_VAR = "RESNEXT_JAX_MALLOC"
@@ -32,6 +40,14 @@ ENV_VAR = "RESNEXT_JAX_MALLOC"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+# glibc's defaults for the two settings configure_malloc changes and
+# restore_default_malloc puts back (mallopt(3)).
+_DEFAULT_MMAP_MAX = 65536
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+
+# release_if_near_limit's default: the share of the memory the process may
+# use (the machine's, or its cgroup's) above which kept memory is released.
+MEMORY_FRACTION = 0.8
 
 _configured = False
 
@@ -68,3 +84,94 @@ def configure_malloc() -> bool:
           and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1)
     _configured = ok
     return ok
+
+
+def is_configured() -> bool:
+    """True while :func:`configure_malloc`'s settings are in effect."""
+    return _configured
+
+
+def restore_default_malloc() -> bool:
+    """Puts glibc's defaults back for large blocks (``mmap``, trimming) and
+    hands the free memory the process kept back to the system; True if
+    :func:`configure_malloc` had been in effect. The single arena stays:
+    glibc cannot undo it, and it costs no memory."""
+    global _configured
+    if not _configured:
+        return False
+    libc = _libc()
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)
+    _configured = False
+    return True
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cgroup_limit_bytes(root: pathlib.Path, cgroups: str) -> int | None:
+    """The lowest memory limit among this process's cgroups (``cgroups`` is
+    the text of ``/proc/self/cgroup``; v2's ``memory.max``, v1's
+    ``memory.limit_in_bytes``, under the hierarchy mounted at ``root``);
+    None if there is none."""
+    files = []
+    for line in cgroups.splitlines():
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if not controllers:  # cgroup v2, alone or beside v1 ("unified").
+            files += [root / path / "memory.max",
+                      root / "unified" / path / "memory.max"]
+        elif "memory" in controllers.split(","):
+            files.append(root / "memory" / path / "memory.limit_in_bytes")
+    limits = []
+    for file in files:
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        # v2 writes "no limit" as "max", v1 as a number near 2**63.
+        if text.isdigit() and int(text) < 2**60:
+            limits.append(int(text))
+    return min(limits, default=None)
+
+
+def memory_limit_bytes(
+        cgroup_root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int:
+    """The memory this process may use: the machine's, or its container's
+    (cgroup) limit where that is lower."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        cgroups = pathlib.Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return physical
+    cgroup = _cgroup_limit_bytes(cgroup_root, cgroups)
+    return min(physical, cgroup) if cgroup else physical
+
+
+def release_if_near_limit(fraction: float = MEMORY_FRACTION,
+                          limit_bytes: int | None = None) -> str | None:
+    """Under :func:`configure_malloc`, once the process's resident memory
+    passes ``fraction`` of ``limit_bytes`` (default
+    :func:`memory_limit_bytes`), goes back to glibc's defaults
+    (:func:`restore_default_malloc`), so that freed memory kept for speed
+    never pushes the process out of memory. Returns a line saying so when
+    it did, else None. Cheap (one read of ``/proc/self/statm``): call it
+    after every step.
+    """
+    if not _configured:
+        return None
+    if limit_bytes is None:
+        limit_bytes = memory_limit_bytes()
+    resident = resident_bytes()
+    if resident <= fraction * limit_bytes:
+        return None
+    restore_default_malloc()
+    return (f"malloc: resident memory {resident / 2**30:.1f} GiB is over "
+            f"{fraction:.0%} of the {limit_bytes / 2**30:.1f} GiB this "
+            f"process may use; back to glibc's default malloc, which returns "
+            f"freed memory (now {resident_bytes() / 2**30:.1f} GiB resident; "
+            f"slower steps on CPU). RESNEXT_JAX_MALLOC=off starts there.")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from resnext_jax.compilation_cache import compile_run_once
 from resnext_jax.conv import resolve_conv_impl
+from resnext_jax.malloc import release_if_near_limit
 from train import (bundle, checkpoint, data as data_lib, distributed,
                    init_from, mesh as mesh_lib, optim, steps,
                    workdir as workdir_lib)
@@ -181,7 +182,8 @@ def _mean_metrics(host: list[dict]) -> dict:
 
 class PeriodicActions:
     """What is due after a train step: check for non-finite steps and
-    SIGTERM, log train metrics, evaluate (and keep the best), save."""
+    SIGTERM, log train metrics, evaluate (and keep the best), save; and
+    release memory malloc keeps when the process nears its limit."""
 
     def __init__(self, run: Run, *, start_step: int, end_step: int,
                  best_accuracy: float, checkpoints: checkpoint.Checkpointer,
@@ -202,6 +204,11 @@ class PeriodicActions:
     def after_step(self, done: int, state, metrics) -> bool:
         """Runs what is due after step ``done`` (1-based); True to stop."""
         config = self.run.config
+        # Memory kept by configure_malloc for speed must not get the run
+        # killed: near the limit, malloc goes back to glibc's defaults.
+        released = release_if_near_limit()
+        if released:
+            print(released, flush=True)
         self._metrics.append(metrics)
         self._flags.append(metrics["nonfinite"])
         if not self.throughput.started:
