@@ -38,21 +38,12 @@ def worker(args) -> dict:
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
     if args.worker == "arena":
         rx.configure_malloc()
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    import optax  # pylint: disable=import-outside-toplevel
-    from bench_throughput import jitted_train_step  # pylint: disable=import-outside-toplevel
+    from bench_throughput import synthetic_train_step  # pylint: disable=import-outside-toplevel
 
     rx.enable_compilation_cache()
     model = rx.create_model(args.model)
-    size, batch = args.image_size, args.batch_size
-    images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
-    labels = jnp.arange(batch) % model.num_classes
-    variables = rx.init_variables(model, 0, size)
-    tx = optax.sgd(0.1, momentum=0.9)
-    state = (variables["params"], variables["batch_stats"],
-             tx.init(variables["params"]))
-    step = jitted_train_step(model, tx)
+    step, state, images, labels = synthetic_train_step(
+        model, args.image_size, args.batch_size)
     seconds, faults = [], []
     for i in range(args.steps + 1):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

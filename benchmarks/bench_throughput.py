@@ -90,6 +90,18 @@ def jitted_train_step(model, tx):
     return jax.jit(train_step, donate_argnums=0)
 
 
+def synthetic_train_step(model, size: int, batch: int):
+    """``(step, state, images, labels)``: :func:`jitted_train_step` with SGD
+    and momentum, the state from ``init_variables``, random images."""
+    images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
+    labels = jnp.arange(batch) % model.num_classes
+    variables = rx.init_variables(model, 0, size)
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = (variables["params"], variables["batch_stats"],
+             tx.init(variables["params"]))
+    return jitted_train_step(model, tx), state, images, labels
+
+
 def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
               runs: int, train_runs: int, warmup: int,
               do_train: bool, model_kwargs: dict | None = None) -> dict:

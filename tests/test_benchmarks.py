@@ -102,3 +102,36 @@ def test_bench_kernel_grad_smoke(tmp_path):
     # Both ways compute the same gradient; the strided one uses patches.
     assert all(r["max_rel_diff"] < 1e-5 for r in rows)
     assert [r["used"] for r in rows] == ["XLA", "patches"]
+
+
+def test_profile_step_sums_the_traced_operations_by_kind(tmp_path):
+    out, trace = tmp_path / "profile.json", tmp_path / "trace"
+    stdout = _run("profile_step.py", "--model", "resnext29_8x64d",
+                  "--model-kwargs", '{"stage_sizes": [1, 1, 1], '
+                  '"base_width": 4}', "--image-size", "16",
+                  "--batch-size", "2", "--steps", "1",
+                  "--trace-dir", str(trace), "--json", str(out))
+    assert "sum of operations" in stdout
+    report = json.loads(out.read_text())
+    by_kind = report["ms_per_step"]
+    assert by_kind["convolution / GEMM"] > 0
+    assert report["ops_per_step"]["convolution / GEMM"] >= 10  # 3 blocks.
+    assert abs(sum(by_kind.values()) - report["total_ms_per_step"]) < 1e-6
+    assert list(trace.rglob("*.trace.json.gz"))  # Kept for TensorBoard.
+
+
+def test_profile_step_kinds_of_operations():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from profile_step import kind_of  # pylint: disable=import-outside-toplevel
+    assert kind_of("ynn_fusion.29") == "convolution / GEMM"
+    assert kind_of("dot_general.3") == "convolution / GEMM"
+    assert kind_of("convolution-base-dilated") == "convolution / GEMM"
+    assert kind_of("copy.187") == "transpose / copy"
+    assert kind_of("transpose_copy_fusion") == "transpose / copy"
+    assert kind_of("slice_concatenate_fusion") == "concatenate / slice"
+    assert kind_of("multiply_add_fusion") == "other fusion (elementwise, BN)"
+    assert kind_of("select-and-scatter.1") == "reduce / reduce-window"
+    # The runtime's wrappers and loops: their time is in what they contain.
+    for name in ("ThunkExecutor::Execute", "$profiler", "end: ynn_fusion",
+                 "Handle inputs", "while.2"):
+        assert kind_of(name) is None, name
