@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import pathlib
 import sys
@@ -152,6 +153,12 @@ def memory_limit_bytes(
     return min(physical, cgroup) if cgroup else physical
 
 
+@functools.lru_cache(maxsize=1)
+def _process_limit_bytes() -> int:
+    # Read once: release_if_near_limit runs after every step.
+    return memory_limit_bytes()
+
+
 def release_if_near_limit(fraction: float = MEMORY_FRACTION,
                           limit_bytes: int | None = None) -> str | None:
     """Under :func:`configure_malloc`, once the process's resident memory
@@ -165,7 +172,7 @@ def release_if_near_limit(fraction: float = MEMORY_FRACTION,
     if not _configured:
         return None
     if limit_bytes is None:
-        limit_bytes = memory_limit_bytes()
+        limit_bytes = _process_limit_bytes()
     resident = resident_bytes()
     if resident <= fraction * limit_bytes:
         return None
