@@ -101,24 +101,16 @@ def _jax_model(spec):
     return rx.create_model(spec["model"], **spec.get("model_kwargs", {}))
 
 
-def _jax_train_step(model, tx):
-    # The same step bench_throughput times (this script's folder is on
-    # sys.path when it runs).
-    from bench_throughput import jitted_train_step  # pylint: disable=import-outside-toplevel
-    return jitted_train_step(model, tx)
-
-
 def worker_jax_step(spec):
     import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    import optax  # pylint: disable=import-outside-toplevel
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
+    # The same step bench_throughput times (this script's folder is on
+    # sys.path when it runs).
+    from bench_throughput import sgd_train_step, synthetic_inputs  # pylint: disable=import-outside-toplevel
 
     model = _jax_model(spec)
     batch, size = spec["batch"], spec["size"]
-    images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
-    labels = jnp.arange(batch) % model.num_classes
-    variables = rx.init_variables(model, 0, size)
+    images, labels, variables = synthetic_inputs(model, size, batch)
     params, stats = variables["params"], variables["batch_stats"]
     out = dict(framework="jax", lowering=rx.resolve_conv_impl("auto"))
     if spec["mode"] == "infer":
@@ -128,9 +120,8 @@ def worker_jax_step(spec):
             lambda: infer(params, stats, images).block_until_ready(),
             spec["runs"], spec["warmup"])
     else:
-        tx = optax.sgd(0.1, momentum=0.9)
-        step = _jax_train_step(model, tx)
-        state = [(params, stats, tx.init(params))]
+        step, state = sgd_train_step(model, variables)
+        state = [state]
         compiled = step.lower(state[0], images, labels).compile()
         temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
         out["xla_temp_gib"] = temp
@@ -382,8 +373,8 @@ def worker_jax_first_step(spec):
     t_start = time.perf_counter()
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    import optax  # pylint: disable=import-outside-toplevel
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
+    from bench_throughput import sgd_train_step  # pylint: disable=import-outside-toplevel
     t_import = time.perf_counter()
     model = _jax_model(spec)
     batch, size = spec["batch"], spec["size"]
@@ -391,10 +382,8 @@ def worker_jax_first_step(spec):
     labels = jnp.zeros((batch,), jnp.int32)
     variables = jax.block_until_ready(rx.init_variables(model, 0, size))
     t_init = time.perf_counter()
-    tx = optax.sgd(0.1, momentum=0.9)
-    state = (variables["params"], variables["batch_stats"],
-             tx.init(variables["params"]))
-    lowered = _jax_train_step(model, tx).lower(state, images, labels)
+    step, state = sgd_train_step(model, variables)
+    lowered = step.lower(state, images, labels)
     t_lower = time.perf_counter()
     compiled = lowered.compile()
     t_compile = time.perf_counter()

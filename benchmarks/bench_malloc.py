@@ -38,12 +38,13 @@ def worker(args) -> dict:
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
     if args.worker == "arena":
         rx.configure_malloc()
-    from bench_throughput import synthetic_train_step  # pylint: disable=import-outside-toplevel
+    from bench_throughput import sgd_train_step, synthetic_inputs  # pylint: disable=import-outside-toplevel
 
     rx.enable_compilation_cache()
     model = rx.create_model(args.model)
-    step, state, images, labels = synthetic_train_step(
+    images, labels, variables = synthetic_inputs(
         model, args.image_size, args.batch_size)
+    step, state = sgd_train_step(model, variables)
     seconds, faults = [], []
     for i in range(args.steps + 1):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

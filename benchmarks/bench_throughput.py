@@ -90,16 +90,21 @@ def jitted_train_step(model, tx):
     return jax.jit(train_step, donate_argnums=0)
 
 
-def synthetic_train_step(model, size: int, batch: int):
-    """``(step, state, images, labels)``: :func:`jitted_train_step` with SGD
-    and momentum, the state from ``init_variables``, random images."""
+def synthetic_inputs(model, size: int, batch: int):
+    """``(images, labels, variables)``: random images, labels for them and
+    the model's ``init_variables``."""
     images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
     labels = jnp.arange(batch) % model.num_classes
-    variables = rx.init_variables(model, 0, size)
+    return images, labels, rx.init_variables(model, 0, size)
+
+
+def sgd_train_step(model, variables):
+    """``(step, state)``: :func:`jitted_train_step` with SGD and momentum,
+    and its state ``(params, batch_stats, opt_state)`` from ``variables``."""
     tx = optax.sgd(0.1, momentum=0.9)
-    state = (variables["params"], variables["batch_stats"],
-             tx.init(variables["params"]))
-    return jitted_train_step(model, tx), state, images, labels
+    params = variables["params"]
+    return jitted_train_step(model, tx), (
+        params, variables["batch_stats"], tx.init(params))
 
 
 def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
@@ -107,9 +112,7 @@ def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
               do_train: bool, model_kwargs: dict | None = None) -> dict:
     model = rx.create_model(name, conv_impl=impl,
                             dtype=jnp.dtype(dtype), **(model_kwargs or {}))
-    images = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
-    labels = jnp.arange(batch) % model.num_classes
-    variables = rx.init_variables(model, 0, size)
+    images, labels, variables = synthetic_inputs(model, size, batch)
     params, stats = variables["params"], variables["batch_stats"]
 
     infer = jax.jit(lambda p, s, x: model.apply(
@@ -124,9 +127,8 @@ def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
     if not do_train:
         return result
 
-    tx = optax.sgd(0.1, momentum=0.9)
-    step = jitted_train_step(model, tx)
-    state = [(params, stats, tx.init(params))]
+    step, state = sgd_train_step(model, variables)
+    state = [state]
 
     def run_step():
         state[0], loss = step(state[0], images, labels)

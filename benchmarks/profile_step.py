@@ -95,13 +95,14 @@ def profile(args) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
 
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
-    from bench_throughput import synthetic_train_step  # pylint: disable=import-outside-toplevel
+    from bench_throughput import sgd_train_step, synthetic_inputs  # pylint: disable=import-outside-toplevel
 
     rx.configure_malloc()
     rx.enable_compilation_cache()
     model = rx.create_model(args.model, **args.model_kwargs)
-    step, state, images, labels = synthetic_train_step(
+    images, labels, variables = synthetic_inputs(
         model, args.image_size, args.batch_size)
+    step, state = sgd_train_step(model, variables)
     for _ in range(2):  # Compile, then one step outside the trace.
         state, loss = step(state, images, labels)
         loss.block_until_ready()

@@ -49,6 +49,8 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 # release_if_near_limit's default: the share of the memory the process may
 # use (the machine's, or its cgroup's) above which kept memory is released.
 MEMORY_FRACTION = 0.8
+# Where the cgroup hierarchies are mounted.
+_CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 
 _configured = False
 
@@ -140,8 +142,7 @@ def _cgroup_limit_bytes(root: pathlib.Path, cgroups: str) -> int | None:
     return min(limits, default=None)
 
 
-def memory_limit_bytes(
-        cgroup_root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int:
+def memory_limit_bytes() -> int:
     """The memory this process may use: the machine's, or its container's
     (cgroup) limit where that is lower."""
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -149,7 +150,7 @@ def memory_limit_bytes(
         cgroups = pathlib.Path("/proc/self/cgroup").read_text()
     except OSError:
         return physical
-    cgroup = _cgroup_limit_bytes(cgroup_root, cgroups)
+    cgroup = _cgroup_limit_bytes(_CGROUP_ROOT, cgroups)
     return min(physical, cgroup) if cgroup else physical
 
 
