@@ -4,6 +4,7 @@ checkpoints, changed configs, bad configs and bad images."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,25 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path):
     assert child.returncode == -signal.SIGKILL, f"delay {delay:.2f}s"
     assert not (tmp_path / "summary.json").exists()
     loop.train_and_evaluate(_config(), tmp_path)
+    _assert_same_run(tmp_path, reference)
+
+
+def test_kill_after_first_best_save_resumes_from_it(reference, tmp_path,
+                                                   capsys):
+    """The first save of a run is often ``best/<step>`` at the first eval;
+    a kill -9 just after it leaves ``checkpoints/`` empty."""
+    loop.train_and_evaluate(_config(checkpoint_every_steps=1000), tmp_path,
+                            stop_at_step=8)
+    assert (tmp_path / "best" / "8").is_dir()
+    # What the workdir holds when the kill lands before the first periodic
+    # save: stop_at_step's own save to checkpoints/ never happened.
+    shutil.rmtree(tmp_path / "checkpoints")
+    for manifest in (tmp_path / "checksums").glob("checkpoints-*"):
+        manifest.unlink()
+    capsys.readouterr()
+    loop.train_and_evaluate(_config(), tmp_path)
+    assert f"Resuming from step 8 of {STEPS} ({tmp_path / 'best' / '8'})" in (
+        capsys.readouterr().out)
     _assert_same_run(tmp_path, reference)
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,14 +181,25 @@ def test_lost_checkpoints_are_not_a_silent_fresh_start(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="every checkpoint"):
         loop.train_and_evaluate(config, tmp_path)
     # What a requeued job does next: run the same command again.
-    with pytest.raises(WorkdirError, match=r"held checkpoints but none is "
-                       r"left.*--config\.restart_from_scratch=True"):
+    with pytest.raises(WorkdirError, match=r"every checkpoint it held was "
+                       r"damaged and set aside in .*damaged \(checkpoints-2-"
+                       r".*--config\.restart_from_scratch=True"):
         loop.train_and_evaluate(config, tmp_path)
     capsys.readouterr()
     summary = loop.train_and_evaluate(
         tiny_config(num_train_steps=4, restart_from_scratch=True), tmp_path)
     assert summary["completed"] and summary["steps"] == 4
     assert "Resuming" not in capsys.readouterr().out
+
+
+def test_deleted_checkpoints_are_named_as_deleted(tmp_path):
+    config = tiny_config(num_train_steps=4)
+    loop.train_and_evaluate(config, tmp_path, stop_at_step=2)
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(WorkdirError, match=r"first at step 2.* hold none: "
+                       r"they were deleted") as error:
+        loop.train_and_evaluate(config, tmp_path)
+    assert "damaged" not in str(error.value)
 
 
 def test_resume_with_another_data_order_is_refused(tmp_path, capsys):

@@ -5,7 +5,8 @@
 statistics, optimizer state, step, rng) and JSON metadata; the input
 pipeline position is the step (see :mod:`train.data`).
 
-A damaged latest checkpoint (files that fail their checksums, see
+A run resumes from the newest intact state of either folder: a damaged
+checkpoint (files that fail their checksums, see
 :mod:`train.checkpoint_integrity`, or that orbax cannot read) is moved to
 ``damaged/`` with a warning and the previous one is restored; if none is
 readable the run stops rather than start over.
@@ -102,69 +103,82 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def _manager_of(self, kind: str) -> ocp.CheckpointManager:
+        return self.best if kind == BEST_DIR else self.latest
+
     def restore_latest(self, template: TrainState
-                       ) -> tuple[TrainState, dict] | None:
-        """The newest intact state, placed like ``template``; None if the
-        workdir has no checkpoint. Damaged ones are set aside with a warning;
-        :class:`CheckpointError` if all of them are damaged."""
-        steps = sorted(self.latest.all_steps(), reverse=True)
-        if not steps:
+                       ) -> tuple[TrainState, dict, pathlib.Path] | None:
+        """``(state, metadata, step directory)`` of the newest intact state
+        in ``checkpoints/`` or ``best/``, placed like ``template``; None if
+        the workdir has no checkpoint.
+
+        ``best/`` counts: a run killed after its first eval but before its
+        first periodic save holds only ``best/<step>``, a whole train state.
+        At equal steps ``checkpoints/`` is read first. Damaged ones are set
+        aside with a warning; :class:`CheckpointError` if all are damaged.
+        """
+        candidates = sorted(
+            [(s, 1, LATEST_DIR) for s in self.latest.all_steps()]
+            + [(s, 0, BEST_DIR) for s in self.best.all_steps()],
+            reverse=True)
+        if not candidates:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                 flax.serialization.to_state_dict(template))
         problems = []
-        for step in steps:
-            problem = integrity.verify(self.workdir, LATEST_DIR, step,
-                                       self._step_dir(LATEST_DIR, step))
+        for step, _, kind in candidates:
+            step_dir = self._step_dir(kind, step)
+            problem = integrity.verify(self.workdir, kind, step, step_dir)
             if problem is None:
                 try:
-                    restored = self.latest.restore(
+                    restored = self._manager_of(kind).restore(
                         step, args=ocp.args.Composite(
                             state=ocp.args.StandardRestore(abstract),
                             metadata=ocp.args.JsonRestore()))
                 except Exception as e:
-                    if integrity.has_manifest(self.workdir, LATEST_DIR, step):
+                    if integrity.has_manifest(self.workdir, kind, step):
                         # Intact files that do not fit: another model, not
                         # damage (see config.allow_config_change).
                         raise CheckpointError(
-                            f"checkpoint {self._step_dir(LATEST_DIR, step)} "
-                            "is intact but does not fit the current model "
-                            f"and optimizer: {e}") from e
+                            f"checkpoint {step_dir} is intact but does not "
+                            f"fit the current model and optimizer: {e}"
+                        ) from e
                     # No checksums to tell: an unreadable file is damage.
                     problem = f"{type(e).__name__}: {str(e)[:300]}"
             if problem is None:
                 if problems:
                     self.latest.reload()
+                    self.best.reload()
                 state = flax.serialization.from_state_dict(
                     template, restored["state"])
-                return state, dict(restored["metadata"])
-            problems.append(f"step {step}: {problem}")
-            self._set_aside(step, problem)
+                return state, dict(restored["metadata"]), step_dir
+            problems.append(f"{kind}/{step}: {problem}")
+            self._set_aside(kind, step, problem)
         raise CheckpointError(
-            f"every checkpoint in {self.workdir / LATEST_DIR} is damaged "
-            f"({'; '.join(problems)}); they were moved to "
-            f"{self.workdir / DAMAGED_DIR}. Not starting from scratch: "
-            "pass --config.restart_from_scratch=True for that, or use a new "
-            "--workdir.")
+            f"every checkpoint in {self.workdir / LATEST_DIR} and "
+            f"{self.workdir / BEST_DIR} is damaged ({'; '.join(problems)}); "
+            f"they were moved to {self.workdir / DAMAGED_DIR}. Not starting "
+            "from scratch: pass --config.restart_from_scratch=True for that, "
+            "or use a new --workdir.")
 
-    def _set_aside(self, step: int, problem: str) -> None:
+    def _set_aside(self, kind: str, step: int, problem: str) -> None:
         """Moves a damaged step out of orbax's sight (so the step can be
         saved again) and keeps it for inspection."""
         target = (self.workdir / DAMAGED_DIR /
-                  f"{LATEST_DIR}-{step}-{int(time.time())}")
-        message = (f"checkpoint {self._step_dir(LATEST_DIR, step)} is "
+                  f"{kind}-{step}-{int(time.time())}")
+        message = (f"checkpoint {self._step_dir(kind, step)} is "
                    f"damaged ({problem}); moved to {target}, falling back to "
                    "the previous checkpoint.")
         logging.warning(message)
         print(f"WARNING: {message}", flush=True)
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(self._step_dir(LATEST_DIR, step)), str(target))
-            integrity.manifest_path(self.workdir, LATEST_DIR, step).unlink(
+            shutil.move(str(self._step_dir(kind, step)), str(target))
+            integrity.manifest_path(self.workdir, kind, step).unlink(
                 missing_ok=True)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"set_aside_{step}")
+            multihost_utils.sync_global_devices(f"set_aside_{kind}_{step}")
 
     def close(self) -> None:
         self.latest.close()
@@ -212,12 +226,14 @@ def _no_space(error: BaseException) -> bool:
 
 
 def has_saved_steps(workdir: str | pathlib.Path) -> bool:
-    """Whether ``checkpoints/`` holds a step (orbax names them by their
-    number): the run will resume, or stop if none is readable, but never
-    start from step 0. Reads no checkpoint."""
-    latest = pathlib.Path(workdir) / LATEST_DIR
-    return latest.is_dir() and any(
-        p.is_dir() and p.name.isdigit() for p in latest.iterdir())
+    """Whether ``checkpoints/`` or ``best/`` holds a step (orbax names them
+    by their number): the run will resume, or stop if none is readable, but
+    never start from step 0. Reads no checkpoint."""
+    return any(
+        folder.is_dir() and any(p.is_dir() and p.name.isdigit()
+                                for p in folder.iterdir())
+        for folder in (pathlib.Path(workdir) / LATEST_DIR,
+                       pathlib.Path(workdir) / BEST_DIR))
 
 
 def _local_target(state_dir: pathlib.Path):

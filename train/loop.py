@@ -317,16 +317,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         preemption = resources.enter_context(PreemptionWatcher())
         checkpoints = resources.enter_context(contextlib.closing(
             checkpoint.Checkpointer(run.workdir, config.keep_checkpoints)))
-        state, best_accuracy, resumed = _restore(run, checkpoints)
+        state, best_accuracy, resumed_from = _restore(run, checkpoints)
         start_step = int(jax.device_get(state.step))
-        if resumed:
+        if resumed_from:
             workdir_lib.check_resumable(run.workdir, config, start_step)
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
         finished = workdir_lib.read_summary(run.workdir)
         if start_step >= run.total_steps and finished is not None:
             return _report_finished(run, start_step, finished)
         if run.is_writer:
-            fresh_init = run.init_record if not resumed else None
+            fresh_init = run.init_record if not resumed_from else None
             if fresh_init:
                 workdir_lib.write_init_record(run.workdir, fresh_init)
             changes = workdir_lib.save_run_files(
@@ -340,10 +340,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     f" every earlier one is in "
                     f"{run.workdir / workdir_lib.CONFIG_HISTORY_FILE}.",
                     flush=True)
-            if resumed:
+            if resumed_from:
                 print(f"Resuming from step {start_step} of "
-                      f"{run.total_steps} "
-                      f"({run.workdir / workdir_lib.LATEST_DIR})"
+                      f"{run.total_steps} ({resumed_from})"
                       + ("; config.init_from is not read again."
                          if config.init_from else "."))
         writer = resources.enter_context(contextlib.closing(
@@ -406,16 +405,16 @@ def _lock_workdir(run: Run, resources: contextlib.ExitStack) -> None:
 
 
 def _restore(run: Run, checkpoints: checkpoint.Checkpointer):
-    """``(state, best accuracy, resumed)``: the latest intact checkpoint's,
-    or a fresh state (refused where checkpoints were lost, see
+    """``(state, best accuracy, step directory or None)``: the newest
+    intact checkpoint's, or a fresh state (refused where checkpoints were lost, see
     :func:`train.workdir.check_fresh_start`)."""
     state = run.init_state()
     restored = checkpoints.restore_latest(state)
     if restored is None:
         workdir_lib.check_fresh_start(run.workdir, run.config)
-        return state, -1.0, False
-    state, meta = restored
-    return state, meta.get("best_eval_accuracy", -1.0), True
+        return state, -1.0, None
+    state, meta, step_dir = restored
+    return state, meta.get("best_eval_accuracy", -1.0), step_dir
 
 
 def _report_finished(run: Run, step: int, summary: dict) -> dict:

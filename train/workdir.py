@@ -200,19 +200,28 @@ def record_checkpoint(workdir: str | pathlib.Path, step: int) -> None:
 def check_fresh_start(workdir: str | pathlib.Path,
                       config: ml_collections.ConfigDict) -> None:
     """Raises :class:`WorkdirError` when a workdir with no checkpoint left
-    has held some (they were set aside as damaged, or deleted), unless
-    ``config.restart_from_scratch``: a requeued job must not silently start
-    over from step 0."""
+    in ``checkpoints/`` or ``best/`` has held some (they were set aside as
+    damaged, or deleted), unless ``config.restart_from_scratch``: a
+    requeued job must not silently start over from step 0. The message
+    says which of the two happened."""
     workdir = pathlib.Path(workdir)
     damaged = workdir / DAMAGED_DIR
-    held = (workdir / FIRST_CHECKPOINT_FILE).is_file() or (
-        damaged.is_dir() and any(damaged.iterdir()))
-    if held and not config.restart_from_scratch:
-        raise WorkdirError(
-            f"{workdir} held checkpoints but none is left to resume from "
-            f"(set aside as damaged in {damaged}, or deleted). To start over from step 0 in "
-            "this workdir pass --config.restart_from_scratch=True, or use a "
-            "new --workdir.")
+    set_aside = sorted(p.name for p in damaged.iterdir()) if (
+        damaged.is_dir()) else []
+    first = _read_json(workdir, FIRST_CHECKPOINT_FILE)
+    if not (first or set_aside) or config.restart_from_scratch:
+        return
+    if set_aside:
+        what = (f"every checkpoint it held was damaged and set aside in "
+                f"{damaged} ({', '.join(set_aside[:4])})")
+    else:
+        what = (f"it held checkpoints (the first at step {first.get('step')},"
+                f" per {workdir / FIRST_CHECKPOINT_FILE}) but "
+                f"{workdir / LATEST_DIR} and {workdir / BEST_DIR} now hold "
+                "none: they were deleted")
+    raise WorkdirError(
+        f"{workdir}: {what}. To start over from step 0 in this workdir pass "
+        "--config.restart_from_scratch=True, or use a new --workdir.")
 
 
 def _optimizer_state_kind(config: dict) -> dict:
