@@ -24,6 +24,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax.numpy as jnp
 
 from resnext_jax import __version__
+from resnext_jax.files import umask_mode
 from resnext_jax.convert import (load_torch_state_dict, read_state_dict,
                                  save_safetensors)
 from resnext_jax.models import ResNeXt, create_model
@@ -97,14 +98,19 @@ def save_pretrained(directory: str | os.PathLike, model: ResNeXt,
                     preprocessing: Preprocessing | None = None,
                     model_name: str | None = None,
                     extra: Mapping[str, Any] | None = None) -> pathlib.Path:
-    """Writes a bundle to ``directory``, replacing any there; returns it.
+    """Writes a bundle to ``directory``; returns it.
 
-    The files are written to a temporary directory beside it, which is then
-    renamed, so a reader never sees half a bundle. ``model_name`` (a registry
-    name) is recorded for people; the model is rebuilt from its fields.
-    ``extra`` (JSON values, e.g. the step) is recorded under ``"extra"``.
+    ``directory`` is new, empty, or a bundle, whose two files are replaced
+    (any other files in it are kept). A directory holding anything else is
+    refused with :class:`FileExistsError`: it is never emptied. The files
+    are written to a temporary directory beside it first, then each takes
+    its place in one rename: a kill at any moment leaves a whole file, old
+    or new, never a truncated one. ``model_name`` (a registry name) is recorded for
+    people; the model is rebuilt from its fields. ``extra`` (JSON values,
+    e.g. the step) is recorded under ``"extra"``.
     """
     directory = pathlib.Path(directory)
+    _check_replaceable(directory)
     class_names = list(class_names) if class_names is not None else (
         default_class_names(model.num_classes))
     if len(class_names) != model.num_classes:
@@ -124,19 +130,48 @@ def save_pretrained(directory: str | os.PathLike, model: ResNeXt,
     try:
         save_safetensors(variables, model, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        # A directory cannot be renamed over a non-empty one: move the old
-        # bundle aside first, then drop it.
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{tmp.name}")
-            directory.rename(old)
-        tmp.rename(directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        for file in _OWN_FILES:
+            os.chmod(tmp / file, umask_mode(0o666))
+        os.chmod(tmp, umask_mode(0o777))
+        if directory.is_dir() and any(directory.iterdir()):
+            _replace_own_files(tmp, directory)
+        else:
+            if directory.is_dir():
+                directory.rmdir()  # Empty: a rename cannot land on it.
+            tmp.rename(directory)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
+
+
+_OWN_FILES = (WEIGHTS_FILE, CONFIG_FILE)
+
+
+def _check_replaceable(directory: pathlib.Path) -> None:
+    """Refuses a path that is a file, or a directory holding more than an
+    earlier bundle: saving must never delete what it did not write."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; save the bundle to a "
+                              "new or empty directory, or an earlier bundle.")
+    if not directory.is_dir() or is_bundle(directory):
+        return
+    found = sorted(p.name for p in directory.iterdir())
+    if found:
+        raise FileExistsError(
+            f"{directory} is not empty and is not a model bundle (it holds "
+            f"{', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); "
+            "save_pretrained writes only to a new or empty directory or over "
+            f"an earlier bundle ({CONFIG_FILE} and {WEIGHTS_FILE}). Name a "
+            "new directory, e.g. its model/ subdirectory.")
+
+
+def _replace_own_files(new: pathlib.Path, bundle_dir: pathlib.Path) -> None:
+    """Moves the bundle's files from ``new`` over ``bundle_dir``'s, one
+    rename each, leaving its other files alone. The weights go first: until
+    ``model.json`` is replaced too, a reader that checks shapes refuses the
+    mix rather than mislabel it."""
+    for file in _OWN_FILES:
+        os.replace(new / file, bundle_dir / file)
 
 
 def read_config(directory: str | os.PathLike) -> dict:

@@ -25,6 +25,7 @@ from jax import export as jax_export
 
 from resnext_jax import serving
 from resnext_jax.compilation_cache import enable_compilation_cache
+from resnext_jax.files import atomic_path, same_file
 from resnext_jax.malloc import configure_malloc
 from resnext_jax.models import ResNeXt
 from resnext_jax.preprocessing import Preprocessing
@@ -115,12 +116,16 @@ def save_exported(path: str | os.PathLike, model: ResNeXt,
                   class_names: Sequence[str] | None = None) -> dict:
     """Exports the model and writes it to ``path``; returns the metadata.
 
+    ``path`` is new or an earlier export, replaced whole by one rename;
+    anything else there is refused (:func:`check_output`).
+
     Read it back with ``resnext_jax.serving.load(path)``. The input is
     ``image_size`` square (default: the preprocessing's crop, else 224).
     ``preprocessing`` (default: ImageNet's, at that size) and
     ``class_names`` are recorded for the server; they do not change the
     exported function.
     """
+    check_output(path)
     if preprocessing is None:
         preprocessing = Preprocessing.imagenet(image_size or serving.CROP_SIZE)
     elif image_size is not None and image_size != preprocessing.crop_size:
@@ -146,9 +151,51 @@ def save_exported(path: str | os.PathLike, model: ResNeXt,
                                    np.uint8)
     # np.savez appends .npz to names without it; write through a handle so
     # the file gets exactly the name asked for.
-    with open(os.fspath(path), "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return meta
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file written by :func:`save_exported` (reads
+    only its metadata)."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+        return meta.get("format") == serving.FORMAT
+    except Exception:  # pylint: disable=broad-except
+        return False  # Not an .npz, no meta, torn: not ours to replace.
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Refuses an output path that is a directory, or an existing file that
+    is not an export: only an earlier export is replaced."""
+    if os.path.isdir(path):
+        raise ValueError(f"output {os.fspath(path)!r} is a directory; name "
+                         "a file, e.g. model.rxexport.")
+    if os.path.exists(path) and not is_export(path):
+        raise FileExistsError(
+            f"output {os.fspath(path)!r} exists and is not a resnext_jax "
+            "export; refusing to overwrite it. Name another file, or delete "
+            "it first.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"output {os.fspath(path)!r}: the directory "
+                                f"{parent!r} does not exist.")
+
+
+def _inputs(args) -> list[tuple[str, str]]:
+    """``(option, path)`` of every file the command reads."""
+    from resnext_jax import bundle  # pylint: disable=import-outside-toplevel
+
+    found = [(f"--{name}", getattr(args, name)) for name in
+             ("weights", "labels") if getattr(args, name, None)]
+    if args.workdir:
+        for folder in (args.workdir,
+                       os.path.join(args.workdir, bundle.WORKDIR_BUNDLE)):
+            found += [("--workdir", os.path.join(folder, name))
+                      for name in (bundle.CONFIG_FILE, bundle.WEIGHTS_FILE)]
+    return found
 
 
 def main(argv=None) -> None:
@@ -170,9 +217,14 @@ def main(argv=None) -> None:
                              "bundle's crop, or 224)")
     parser.add_argument("out", help="output file, e.g. model.rxexport")
     args = parser.parse_args(argv)
+    for name, source in _inputs(args):
+        if same_file(source, args.out):
+            parser.error(f"the output {args.out!r} is the {name} input; "
+                         "name another output file.")
     configure_malloc()
     enable_compilation_cache()
     try:
+        check_output(args.out)
         model, variables, class_names, preprocessing = predict.load_model(
             args)
         meta = save_exported(args.out, model, variables,
@@ -181,7 +233,7 @@ def main(argv=None) -> None:
                              preprocessing=preprocessing,
                              class_names=class_names)
         image_size = meta["image_size"]
-    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
         sys.exit(f"error: {e}")
     size = os.path.getsize(args.out) / 2**20
     print(f"wrote {args.out} ({size:.1f} MiB): platforms "

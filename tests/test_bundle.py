@@ -1,6 +1,8 @@
 """The model bundle, load_pretrained and the preprocessing spec."""
 
 import json
+import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +86,44 @@ def test_saving_again_replaces_the_bundle_whole(tmp_path):
     rx.save_pretrained(tmp_path / "model", model, second)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     _assert_same(rx.load_pretrained(tmp_path / "model").variables, second)
+
+
+def test_saving_never_deletes_what_it_did_not_write(tmp_path):
+    model = tiny_model()
+    variables = random_variables(model, 16, 1)
+    # A training workdir, which load_pretrained accepts as a source.
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(FileExistsError, match=r"is not empty and is not a "
+                       r"model bundle \(it holds checkpoints, config.json"):
+        rx.save_pretrained(tmp_path, model, variables)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="is a file"):
+        rx.save_pretrained(tmp_path / "notes.txt", model, variables)
+    # A bundle's own files are replaced; what else is in it stays.
+    rx.save_pretrained(tmp_path / "b", model, variables)
+    (tmp_path / "b" / "README.md").write_text("card")
+    second = random_variables(model, 16, 2)
+    rx.save_pretrained(tmp_path / "b", model, second)
+    assert (tmp_path / "b" / "README.md").read_text() == "card"
+    _assert_same(rx.load_pretrained(tmp_path / "b").variables, second)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")
+            ] == []
+
+
+def test_bundle_permissions_follow_the_umask(tmp_path):
+    model = tiny_model()
+    old = os.umask(0o022)
+    try:
+        rx.save_pretrained(tmp_path / "b", model, random_variables(model))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755
+    for name in ("model.json", "weights.safetensors"):
+        assert stat.S_IMODE((tmp_path / "b" / name).stat().st_mode) == 0o644
 
 
 def test_weights_file_with_a_model_name(tmp_path):

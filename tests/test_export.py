@@ -13,6 +13,7 @@ from PIL import Image
 
 import resnext_jax as rx
 from resnext_jax import export, serving
+from resnext_jax.files import umask_mode
 
 SERVING_PY = pathlib.Path(serving.__file__)
 SIZE = 64
@@ -138,6 +139,40 @@ def test_export_command_then_serving_script(tiny, tmp_path, capsys):
     pixels = serving.load_image(image, round(SIZE * 256 / 224), SIZE)
     expected = _logits(model, variables, pixels[None])[0]
     assert lines[1].split()[1] == f"class_{int(np.argmax(expected))}"
+
+
+_TINY_ARGS = ["--model", "resnext50_32x4d", "--model-kwargs",
+              '{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, '
+              '"base_width": 4}', "--image-size", str(SIZE)]
+
+
+def test_export_never_overwrites_its_input_or_a_stranger(tiny, tmp_path,
+                                                         capsys):
+    model, variables = tiny
+    weights = tmp_path / "w.safetensors"
+    rx.save_safetensors(variables, model, weights)
+    original = weights.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        export.main([*_TINY_ARGS, "--weights", str(weights), str(weights)])
+    assert refused.value.code == 2
+    assert "is the --weights input" in capsys.readouterr().err
+    assert weights.read_bytes() == original
+    # A file that is not an export is not replaced; a directory is refused.
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    for out, message in [(other, "is not a resnext_jax export"),
+                         (tmp_path, "is a directory")]:
+        with pytest.raises(SystemExit, match=message):
+            export.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
+    assert other.read_text() == "mine"
+    # An earlier export is replaced whole, with the umask's permissions.
+    out = tmp_path / "m.rxexport"
+    export.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
+    export.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
+    assert export.is_export(out)
+    assert out.stat().st_mode & 0o777 == umask_mode(0o666)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.rxexport", "notes.txt", "w.safetensors"]
 
 
 def _grouped_convs(mlir_text: str, groups: int) -> int:
