@@ -23,6 +23,7 @@ from train import loop
 from train.checkpoint import CheckpointError
 from train.config_validation import validate_config
 from train.nonfinite import NonFiniteError
+from train.preemption import PreemptionWatcher
 from train.workdir import ConfigMismatchError, WorkdirError
 from train_helpers import REPO, tiny_config
 
@@ -149,6 +150,45 @@ def test_sigterm_stops_at_the_next_step_and_the_lock_keeps_others_out(
     assert stopped < 100, out[-3000:]
     assert _checkpoint_steps(tmp_path) == [stopped]
     assert not (tmp_path / "lock").exists()
+
+
+def _train_child(workdir):
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD.replace("WORKDIR", repr(str(workdir)))],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path):
+    child = _train_child(tmp_path)
+    try:
+        _wait_for_line(child, "batch 5")
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    stopped = int(out.split("Interrupted (Ctrl-C): saving a checkpoint at "
+                            "step ")[1].split()[0])
+    assert stopped < 100, out[-3000:]
+    assert _checkpoint_steps(tmp_path) == [stopped]
+    assert not (tmp_path / "lock").exists()
+
+
+def test_second_ctrl_c_aborts_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    with PreemptionWatcher() as watcher:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # The handler runs in the main thread.
+        assert watcher.requested(1) and watcher.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is previous
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):

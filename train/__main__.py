@@ -4,8 +4,8 @@ With no arguments, trains ``configs/default.py`` in ``./workdir/default``.
 Any config field can be overridden: ``--config.batch_size=64``.
 
 Exit status: 0 when the run completes or stops at ``num_train_steps``; 143
-after SIGTERM (preemption), with a checkpoint saved: run the same command to
-resume; 2 with a one-line ``error:`` for a bad command line (an unknown
+after SIGTERM (preemption) and 130 after Ctrl-C, with a checkpoint saved:
+run the same command to resume (a second Ctrl-C aborts at once, also 130); 2 with a one-line ``error:`` for a bad command line (an unknown
 config field, a missing config file, a value of the wrong type); 1 with a
 one-line ``error:`` for a bad config value, too many non-finite steps, a
 workdir that is not usable, in use, of another run, or with no readable
@@ -132,7 +132,7 @@ def main(argv):
     from train.data.image_check import BadImageError
     from train.loop import train_and_evaluate
     from train.nonfinite import NonFiniteError
-    from train.preemption import EXIT_PREEMPTED
+    from train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
     from train.workdir import ConfigMismatchError, WorkdirError
 
     config = _load_config()
@@ -142,6 +142,9 @@ def main(argv):
         pathlib.Path("workdir") / pathlib.Path(config_file).stem)
     try:
         summary = train_and_evaluate(config, workdir)
+    except KeyboardInterrupt:  # Before the first step, or a second Ctrl-C.
+        _fail(f"interrupted (Ctrl-C): {workdir} keeps its last checkpoint; "
+              "run the same command to resume.", EXIT_INTERRUPTED)
     except (ConfigError, BadImageError, DataError, FileNotFoundError,
             NonFiniteError, ConfigMismatchError, CheckpointError,
             WorkdirError) as e:
@@ -152,7 +155,8 @@ def main(argv):
         _fail(f"no space left on {e.filename or workdir}; free space, then "
               "run the same command to resume.")
     if summary["preempted"]:
-        sys.exit(EXIT_PREEMPTED)
+        sys.exit(EXIT_INTERRUPTED if summary.get("stop_signal") == "SIGINT"
+                 else EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

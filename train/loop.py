@@ -263,8 +263,13 @@ class PeriodicActions:
         if self.preempted or not self.preemption.requested(done):
             return False
         self.preempted = True
-        print(f"Preempted (SIGTERM): saving a checkpoint at step {done} and "
-              "exiting; run the same command to resume.", flush=True)
+        if self.preemption.signal_name == "SIGINT":
+            print(f"Interrupted (Ctrl-C): saving a checkpoint at step {done} "
+                  "and exiting; run the same command to resume (Ctrl-C "
+                  "again aborts at once).", flush=True)
+        else:  # SIGTERM, or another process's signal.
+            print(f"Preempted (SIGTERM): saving a checkpoint at step {done} "
+                  "and exiting; run the same command to resume.", flush=True)
         return True
 
     def _log_train(self, done: int) -> None:
@@ -304,7 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     ``stop_at_step`` ends this run early at that step, with a checkpoint,
     as a preempted run would (the schedule still spans the full run).
-    SIGTERM does the same at the next step, with ``summary["preempted"]``.
+    SIGTERM or Ctrl-C does the same at the next step, with
+    ``summary["preempted"]`` and ``summary["stop_signal"]``.
     A completed run writes ``<workdir>/summary.json`` and the model bundle
     ``<workdir>/model/`` (also written at every new best eval).
     """
@@ -433,6 +439,7 @@ def _summary(run: Run, actions: PeriodicActions, final_step: int,
     return {
         "completed": completed,
         "preempted": actions.preempted,
+        "stop_signal": actions.preemption.signal_name,
         "nonfinite_steps": actions.guard.total,
         "steps": final_step,
         "total_steps": run.total_steps,
