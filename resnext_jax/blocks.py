@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -60,6 +61,37 @@ def check_attn_layer(attn_layer: str | None) -> str | None:
             f"of {ATTN_LAYERS} (se: squeeze-and-excitation, eca: efficient "
             "channel attention).")
     return attn_layer
+
+
+def check_float_dtype(field: str, dtype: Any) -> None:
+    """A computation or parameter dtype must be a floating type: integer
+    weights and activations give all-zero logits, not an error."""
+    try:
+        kind = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{field} (={dtype!r}) is not a dtype; use a "
+                         "floating type, e.g. 'float32' or 'bfloat16'."
+                         ) from None
+    if not jnp.issubdtype(kind, jnp.floating):
+        raise ValueError(f"{field} (={dtype!r}) must be a floating type "
+                         "(float32, bfloat16, float16): the network's "
+                         "weights and activations are real numbers.")
+
+
+def check_batchnorm_constants(momentum: float, epsilon: float) -> None:
+    """BatchNorm's running-average momentum in [0, 1] and a positive
+    epsilon; a negative epsilon makes NaN of a zero variance."""
+    for field, value in (("bn_momentum", momentum), ("bn_epsilon", epsilon)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
+                not math.isfinite(value)):
+            raise ValueError(f"{field} (={value!r}) must be a finite number.")
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"bn_momentum (={momentum!r}) must be in [0, 1]: "
+                         "the weight of the running average (torch's 0.1 "
+                         "is 0.9 here; 1 freezes the statistics).")
+    if epsilon <= 0:
+        raise ValueError(f"bn_epsilon (={epsilon!r}) must be positive: it "
+                         "keeps the normalization finite at zero variance.")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from resnext_jax.blocks import (Bottleneck, _Common, check_attn_layer,
+                                check_batchnorm_constants, check_float_dtype,
                                 check_block_form, conv_kernel_init)
 from resnext_jax.batchnorm import BatchNorm, bn_impl_for
 from resnext_jax.compilation_cache import compile_run_once
@@ -107,10 +109,27 @@ class ResNeXt(nn.Module):
     axis_name: str | None = None
 
     def __post_init__(self):
+        # numpy integers (np.int64(10), a config's value) are integers too;
+        # stored as Python ints so the fields serialize to JSON.
+        for field in ("cardinality", "base_width", "num_classes"):
+            value = getattr(self, field)
+            if isinstance(value, numbers.Integral) and not isinstance(
+                    value, bool):
+                object.__setattr__(self, field, int(value))
+        for field in ("stage_sizes", "stage_widths"):
+            value = getattr(self, field)
+            if isinstance(value, (list, tuple)) and any(
+                    type(v) is not int for v in value) and all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                    for v in value):
+                object.__setattr__(self, field, tuple(int(v) for v in value))
         self._validate()
         super().__post_init__()
 
     def _validate(self):
+        check_float_dtype("dtype", self.dtype)
+        check_float_dtype("param_dtype", self.param_dtype)
+        check_batchnorm_constants(self.bn_momentum, self.bn_epsilon)
         if self.stem not in STEMS:
             raise ValueError(
                 f"stem={self.stem!r} is not a known stem; choose one of "

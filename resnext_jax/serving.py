@@ -217,7 +217,10 @@ def load(path: str | os.PathLike) -> ExportedModel:
 
 
 def top_k(logits, k: int = 5):
-    """Softmax probabilities and indices of the ``k`` largest, descending."""
+    """Softmax probabilities and indices of the ``k`` largest, descending
+    (all classes when ``k`` exceeds their number)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (={k!r}) must be a positive integer.")
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)

@@ -154,3 +154,44 @@ def test_image_size_must_be_positive(capsys):
         summary.main(["resnext50_32x4d", "--image-size", "0"])
     assert "--image-size (=0) must be a positive integer" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("field,value,rule", [
+    ("dtype", "int8", "must be a floating type"),
+    ("param_dtype", "int32", "must be a floating type"),
+    ("dtype", "float9", "is not a dtype"),
+    ("bn_epsilon", -1, "must be positive"),
+    ("bn_epsilon", float("nan"), "must be a finite number"),
+    ("bn_momentum", 1.5, r"must be in \[0, 1\]"),
+])
+def test_model_fields_that_cannot_be_right_are_refused(field, value, rule):
+    with pytest.raises(ValueError, match=rf"{field} \(=.*\) {rule}"):
+        rx.ResNeXt(**{field: value})
+
+
+def test_predict_refuses_an_integer_dtype_in_one_line(tiny, capsys):
+    _, _, weights, _ = tiny
+    kwargs = json.dumps({**json.loads(TINY_KWARGS), "dtype": "int8"})
+    with pytest.raises(SystemExit, match=r"^error: .*dtype \(=.*int8.*\) must "
+                       "be a floating type"):
+        predict.main(["--model", "resnext50_32x4d", "--model-kwargs", kwargs,
+                      "--weights", weights, "x.png"])
+
+
+def test_numpy_integers_are_integers():
+    model = rx.ResNeXt(num_classes=np.int64(10), cardinality=np.int32(4),
+                       stage_sizes=[np.int64(1)] * 4)
+    assert model.num_classes == 10 and type(model.num_classes) is int
+    assert model.stage_sizes == (1, 1, 1, 1)
+    assert model == rx.ResNeXt(num_classes=10, cardinality=4,
+                               stage_sizes=(1, 1, 1, 1))
+
+
+def test_top_k_must_be_positive():
+    logits = np.zeros((1, 10))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"k \(=.*\) must be a positive "
+                           "integer"):
+            serving.top_k(logits, bad)
+    assert serving.top_k(logits, 20)[0].shape == (1, 10)
+    assert serving.top_k(logits, np.int64(3))[0].shape == (1, 3)
