@@ -31,12 +31,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_SIZE = 256
 CROP_SIZE = 224
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# Above this many pixels after the resize, only the crop's source region is
+# resized (the same pixels up to rounding at its edges): 64 ImageNet-size resizes.
+MAX_RESIZED_PIXELS = 64 * RESIZE_SIZE * RESIZE_SIZE
+_EXIF_ORIENTATION = 0x0112
 
 
 # ---------------------------------------------------------------------------
 # Preprocessing, as torchvision's eval transforms: Resize(resize_size)
 # (shorter side, PIL) -> CenterCrop(crop_size) -> ToTensor -> Normalize(mean,
-# std); here in NHWC. Non-RGB images (grey, palette, RGBA, CMYK) become RGB by
+# std); here in NHWC, after turning the image upright by its EXIF
+# orientation. Non-RGB images (grey, palette, RGBA, CMYK) become RGB by
 # PIL's convert("RGB"): grey is repeated, alpha dropped.
 
 def to_rgb(image):
@@ -76,7 +81,7 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation (={interpolation!r}) must be one of "
                          f"{INTERPOLATIONS}.")
-    image = to_rgb(image)
+    image = to_rgb(upright(image))
     width, height = image.size
     # torchvision: the shorter side becomes resize_size, the longer side
     # int(resize_size * long / short) (truncated, not rounded).
@@ -84,15 +89,36 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
         size = (resize_size, int(resize_size * height / width))
     else:
         size = (int(resize_size * width / height), resize_size)
+    top = int(round((size[1] - crop_size) / 2.0))
+    left = int(round((size[0] - crop_size) / 2.0))
+    crop = (left, top, left + crop_size, top + crop_size)
     if size != (width, height):
         resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
                     "bicubic": Image.BICUBIC}[interpolation]
+        if size[0] * size[1] > MAX_RESIZED_PIXELS:
+            # A very long image (1x20000 resized to 256 high is 5 million
+            # wide): resize only the source region of the center crop, at
+            # the same scale, so the work per image stays bounded.
+            sx, sy = width / size[0], height / size[1]
+            box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)
+            image = image.resize((crop_size, crop_size), resample, box=box)
+            return np.asarray(image, dtype=np.uint8)
         image = image.resize(size, resample)
-    width, height = image.size
-    top = int(round((height - crop_size) / 2.0))
-    left = int(round((width - crop_size) / 2.0))
-    image = image.crop((left, top, left + crop_size, top + crop_size))
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image.crop(crop), dtype=np.uint8)
+
+
+def upright(image):
+    """``image`` turned as its EXIF orientation says (a portrait phone
+    photo is stored sideways with a tag), as ``ImageOps.exif_transpose``;
+    the image itself when it has no such tag."""
+    from PIL import ImageOps  # pylint: disable=import-outside-toplevel
+
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
+            return image  # Upright already: no copy.
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+        return image  # A damaged EXIF block: the pixels as stored.
 
 
 def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN,

@@ -3,6 +3,8 @@ wrong answer, and no lost answers for the good inputs."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,3 +197,64 @@ def test_top_k_must_be_positive():
             serving.top_k(logits, bad)
     assert serving.top_k(logits, 20)[0].shape == (1, 10)
     assert serving.top_k(logits, np.int64(3))[0].shape == (1, 3)
+
+
+def _sideways_photo(tmp_path, orientation):
+    """A JPEG stored sideways with an EXIF orientation tag, and the same
+    pixels turned upright, saved losslessly without a tag."""
+    pixels = np.random.default_rng(orientation).integers(
+        0, 256, (60, 90, 3), np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    tagged = tmp_path / f"o{orientation}.jpg"
+    image.save(tagged, exif=exif, quality=95)
+    turn = {3: Image.ROTATE_180, 6: Image.ROTATE_270, 8: Image.ROTATE_90}
+    upright = tmp_path / f"o{orientation}_upright.png"
+    with Image.open(tagged) as stored:
+        stored.transpose(turn[orientation]).save(upright)
+    return tagged, upright
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied_wherever_a_file_is_loaded(
+        tmp_path, tiny, orientation):
+    tagged, upright = _sideways_photo(tmp_path, orientation)
+    spec = rx.Preprocessing.imagenet(32)
+    np.testing.assert_array_equal(spec.load_image(tagged),
+                                  spec.load_image(upright))
+    np.testing.assert_array_equal(serving.load_image(tagged, 40, 32),
+                                  serving.load_image(upright, 40, 32))
+    with Image.open(tagged) as image:  # An opened PIL image, as given.
+        np.testing.assert_array_equal(spec(image), spec.load_image(upright))
+
+
+def test_a_very_long_image_is_bounded_work(tmp_path):
+    """A 1x20000 PNG resized to 256 high would be 5 million pixels wide
+    (5.7 GB); only the center crop's source region is resized."""
+    long = tmp_path / "long.png"
+    Image.fromarray(np.random.default_rng(0).integers(
+        0, 256, (1, 20000), np.uint8)).save(long)
+    # The peak resident memory of a fresh process (VmHWM; ru_maxrss would
+    # include the parent's from before the exec).
+    code = ("import re, sys; from resnext_jax import serving; "
+            "x = serving.load_image(sys.argv[1]); assert x.shape == "
+            "(224, 224, 3), x.shape; print(re.search(r'VmHWM:\\s+(\\d+)', "
+            "open('/proc/self/status').read()).group(1))")
+    result = subprocess.run([sys.executable, "-c", code, str(long)],
+                            capture_output=True, text=True, check=True)
+    assert int(result.stdout) < 1024 * 1024, result.stdout  # KiB
+
+
+@pytest.mark.parametrize("interpolation", serving.INTERPOLATIONS)
+def test_cropping_before_resizing_gives_the_same_pixels(monkeypatch,
+                                                        interpolation):
+    image = Image.fromarray(np.random.default_rng(1).integers(
+        0, 256, (30, 700, 3), np.uint8))
+    whole = serving.resize_and_crop(image, 64, 56, interpolation)
+    monkeypatch.setattr(serving, "MAX_RESIZED_PIXELS", 1)
+    cropped_first = serving.resize_and_crop(image, 64, 56, interpolation)
+    # PIL rounds the filter weights at the region's edges a little
+    # differently: a level or two on a few pixels.
+    difference = np.abs(whole.astype(int) - cropped_first)
+    assert difference.max() <= 2 and np.mean(difference > 0) < 0.01
