@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnext_jax.blocks import convert_block_form
+from resnext_jax.files import atomic_path
 from resnext_jax.models import ResNeXt
 
 HEAD_MODES = ("keep", "reinit", "drop")
@@ -228,12 +229,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 "again.") from None
     elif path.endswith(TORCH_SUFFIXES):
         torch = _import_torch(f"reading {path!r}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pylint: disable=broad-except
+            raise ValueError(_unreadable_torch_file(path, e)) from None
+        if not isinstance(state, Mapping):
+            raise ValueError(
+                f"{path!r} holds a {type(state).__name__}, not a state dict "
+                "(a mapping of tensor names to tensors).")
     else:
         raise ValueError(
             f"checkpoint {path!r} has an unknown suffix; expected "
             f".safetensors or one of {TORCH_SUFFIXES}.")
     return as_numpy_state_dict(state)
+
+
+def _unreadable_torch_file(path: str, error: Exception) -> str:
+    """Why torch.load (weights only) refused ``path``, in one line."""
+    text = " ".join(str(error).split())
+    if "weights_only" in text or "Unpickl" in type(error).__name__:
+        return (f"{path!r} holds pickled Python objects (a whole model saved "
+                "with torch.save(model)?), which are not loaded: only plain "
+                "tensors are read, never code. In PyTorch, save "
+                "model.state_dict() instead.")
+    return (f"{path!r} is not a readable PyTorch checkpoint "
+            f"({type(error).__name__}: {text[:200]}); it may be truncated or "
+            "damaged: download or save it again.")
 
 
 def as_numpy_state_dict(state: Mapping) -> dict[str, np.ndarray]:
@@ -447,14 +468,17 @@ def to_torch_state_dict(variables: Mapping, model: ResNeXt, *,
 
 def save_safetensors(variables: Mapping, model: ResNeXt,
                      path: str | os.PathLike) -> None:
-    """Writes variables as a torchvision/timm-named ``.safetensors`` file."""
+    """Writes variables as a torchvision/timm-named ``.safetensors`` file,
+    replacing ``path`` whole (one rename) or not at all."""
     try:
         from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
     except ImportError as e:
         raise ImportError(
             "writing .safetensors needs the safetensors package: "
             "pip install safetensors") from e
-    save_file(to_torch_state_dict(variables, model), os.fspath(path))
+    state = to_torch_state_dict(variables, model)
+    with atomic_path(path) as tmp:
+        save_file(state, os.fspath(tmp))
 
 
 def parse_model_kwargs(text: str) -> dict:
@@ -469,5 +493,10 @@ def parse_model_kwargs(text: str) -> dict:
             "overrides.")
     for field in ("dtype", "param_dtype"):
         if field in kwargs:  # JSON has names ("bfloat16"), flax wants dtypes
-            kwargs[field] = jnp.dtype(kwargs[field])
+            try:
+                kwargs[field] = jnp.dtype(kwargs[field])
+            except TypeError:
+                raise ValueError(f"{field} (={kwargs[field]!r}) is not a "
+                                 "dtype; use a floating type, e.g. 'float32' "
+                                 "or 'bfloat16'.") from None
     return kwargs

@@ -29,6 +29,7 @@ from resnext_jax.files import atomic_path, same_file
 from resnext_jax.malloc import configure_malloc
 from resnext_jax.models import ResNeXt
 from resnext_jax.preprocessing import Preprocessing
+from resnext_jax.cli import command
 
 # Platform names as jax.export spells them.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -198,6 +199,7 @@ def _inputs(args) -> list[tuple[str, str]]:
     return found
 
 
+@command
 def main(argv=None) -> None:
     """``python -m resnext_jax.export --model NAME --weights FILE OUT``."""
     import argparse  # pylint: disable=import-outside-toplevel

@@ -32,6 +32,7 @@ from resnext_jax.bundle import (default_class_names, imagenet_class_names,
                                 load_pretrained)
 from resnext_jax.convert import parse_model_kwargs
 from resnext_jax.preprocessing import Preprocessing
+from resnext_jax.cli import command
 
 __all__ = ("Preprocessing", "add_model_arguments", "default_class_names",
            "imagenet_class_names", "load_model", "main", "predict_files",
@@ -39,9 +40,17 @@ __all__ = ("Preprocessing", "add_model_arguments", "default_class_names",
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names from a text file, one per line."""
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+    """Class names from a UTF-8 text file, one per line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"labels file {os.fspath(path)!r} is not UTF-8 text "
+                         f"(byte {e.object[e.start]:#04x} at offset "
+                         f"{e.start}); save it as UTF-8.") from None
+    except OSError as e:
+        raise ValueError(f"labels file {os.fspath(path)!r} cannot be read: "
+                         f"{e.strerror}.") from None
 
 
 # ---------------------------------------------------------------------------
@@ -173,6 +182,7 @@ def format_text(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="resnext-predict",
@@ -191,6 +201,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of text")
     args = parser.parse_args(argv)
+    for option, value in (("--top-k", args.top_k),
+                          ("--batch-size", args.batch_size)):
+        if value < 1:
+            parser.error(f"{option} (={value}) must be at least 1.")
     configure_malloc()
     enable_compilation_cache()
     try:

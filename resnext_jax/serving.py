@@ -260,15 +260,39 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2:
         sys.exit("usage: python serving.py MODEL_FILE IMAGE [IMAGE ...]")
-    model = load(argv[0])
-    images = np.stack([model.load_image(p) for p in argv[1:]])
-    probs, indices = top_k(model(images))
-    names = model.class_names
-    for path, p_row, i_row in zip(argv[1:], probs, indices):
-        print(path)
-        for p, i in zip(p_row, i_row):
-            label = names[i] if i < len(names) else f"class_{i}"
-            print(f"  {p:.4f}  {label} ({i})")
+    try:
+        model = load(argv[0])
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    images, answered, failed = [], [], []
+    for path in argv[1:]:
+        try:
+            images.append(model.load_image(path))
+            answered.append(path)
+        except Exception as e:  # pylint: disable=broad-except
+            # PIL's UnidentifiedImageError, OSError, a directory...: the
+            # file is at fault, the others are still answered.
+            failed.append(f"error: {path}: cannot be read as an image "
+                          f"({type(e).__name__}: {e})")
+    try:
+        if images:
+            probs, indices = top_k(model(np.stack(images)))
+            names = model.class_names
+            for path, p_row, i_row in zip(answered, probs, indices):
+                print(path)
+                for p, i in zip(p_row, i_row):
+                    label = names[i] if i < len(names) else f"class_{i}"
+                    print(f"  {p:.4f}  {label} ({i})")
+        sys.stdout.flush()
+    except BrokenPipeError:  # The reader (`| head`) stopped reading.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    for line in failed:
+        print(line, file=sys.stderr)
+    if failed:
+        sys.exit(f"error: {len(failed)} of {len(argv) - 1} image(s) could "
+                 "not be read" + ("; the others were answered above."
+                                  if images else "."))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ import sys
 
 from resnext_jax.counting import format_summary, summarize
 from resnext_jax.models import create_model, list_models
+from resnext_jax.cli import command
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m resnext_jax.summary",

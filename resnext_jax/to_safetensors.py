@@ -17,6 +17,8 @@ import sys
 from resnext_jax.convert import (load_torch_state_dict, parse_model_kwargs,
                                  read_state_dict, save_safetensors)
 from resnext_jax.models import create_model
+from resnext_jax.cli import command
+from resnext_jax.files import same_file
 
 
 def convert_file(model_name: str, src: str, dst: str,
@@ -36,6 +38,7 @@ def convert_file(model_name: str, src: str, dst: str,
     return model
 
 
+@command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m resnext_jax.to_safetensors",
@@ -51,6 +54,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.dst.endswith(".safetensors"):
         parser.error(f"dst={args.dst!r} must end with .safetensors")
+    if same_file(args.src, args.dst):
+        parser.error(f"dst={args.dst!r} is the input src; name another "
+                     "output file.")
     try:
         model = convert_file(args.model, args.src, args.dst,
                              parse_model_kwargs(args.model_kwargs))

@@ -12,7 +12,7 @@ from conftest import random_variables, tiny_model
 from PIL import Image
 
 import resnext_jax as rx
-from resnext_jax import export, predict, serving, summary
+from resnext_jax import export, predict, serving, summary, to_safetensors
 
 TINY_KWARGS = json.dumps(
     {"stage_sizes": [1, 1, 1, 1], "cardinality": 4, "base_width": 4,
@@ -258,3 +258,104 @@ def test_cropping_before_resizing_gives_the_same_pixels(monkeypatch,
     # differently: a level or two on a few pixels.
     difference = np.abs(whole.astype(int) - cropped_first)
     assert difference.max() <= 2 and np.mean(difference > 0) < 0.01
+
+
+def test_serving_command_errors_are_one_line(tmp_path, tiny):
+    model, variables, _, _ = tiny
+    good = tmp_path / "m.rxexport"
+    export.save_exported(good, model, variables, image_size=32)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    truncated = tmp_path / "t.rxexport"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+
+    def serve(*args):
+        return subprocess.run([sys.executable, serving.__file__, *map(
+            str, args)], capture_output=True, text=True, cwd=tmp_path)
+
+    for export_file, message in [(tmp_path / "missing.rxexport",
+                                  "does not exist"),
+                                 (truncated, "not a readable")]:
+        result = serve(export_file, image)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and message in (
+            result.stderr)
+    result = serve(good, image, tmp_path / "missing.png", text)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout.splitlines()[0] == str(image)  # Still answered.
+    assert f"error: {tmp_path / 'missing.png'}: cannot be read" in (
+        result.stderr)
+    assert f"error: {text}: cannot be read" in result.stderr
+    assert "2 of 3 image(s) could not be read" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--top-k", "--batch-size"])
+def test_predict_counts_must_be_positive(tiny, option, capsys):
+    _, _, weights, _ = tiny
+    with pytest.raises(SystemExit) as error:
+        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+                      TINY_KWARGS, "--weights", weights, option, "0",
+                      "x.png"])
+    assert error.value.code == 2
+    assert f"{option} (=0) must be at least 1" in capsys.readouterr().err
+
+
+def test_labels_file_that_is_not_utf8_is_named(tiny, tmp_path):
+    _, _, weights, _ = tiny
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("caf\xe9\n".encode("latin-1") * 7)
+    with pytest.raises(SystemExit, match=r"^error: labels file .*labels\.txt"
+                       r"' is not UTF-8 text \(byte 0xe9"):
+        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+                      TINY_KWARGS, "--weights", weights, "--labels",
+                      str(labels), "x.png"])
+
+
+def test_output_piped_into_head_is_not_a_traceback():
+    """``resnext-summary --list | head -1``: the reader leaves early (here
+    before the first line is written)."""
+    code = ("import sys; sys.argv = ['resnext-summary', '--list']; "
+            "from resnext_jax import summary; sys.exit(summary.main())")
+    child = subprocess.Popen([sys.executable, "-c", code],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    child.stdout.close()
+    errors = child.stderr.read()
+    child.wait(timeout=120)
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, (
+        errors)
+    assert child.returncode == 141
+
+
+@pytest.mark.parametrize("kind", ["whole_model", "truncated"])
+def test_unreadable_torch_file_is_named_in_one_line(tmp_path, kind, capsys):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "bad.pth"
+    if kind == "whole_model":
+        torch.save(torch.nn.Linear(2, 3), path)  # Not a state dict.
+        message = r"holds pickled Python objects .* model\.state_dict\(\)"
+    else:
+        torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:200])
+        message = "is not a readable PyTorch checkpoint"
+    with pytest.raises(ValueError, match=rf"bad\.pth' {message}"):
+        rx.read_state_dict(path)
+    with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth' {message}"):
+        to_safetensors.main(["--model", "resnext50_32x4d", str(path),
+                             str(tmp_path / "out.safetensors")])
+    with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth' {message}"):
+        predict.main(["--model", "resnext50_32x4d", "--weights", str(path),
+                      "x.png"])
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_to_safetensors_never_overwrites_its_input(tiny, tmp_path, capsys):
+    _, _, weights, _ = tiny
+    original = open(weights, "rb").read()
+    with pytest.raises(SystemExit):
+        to_safetensors.main(["--model", "resnext50_32x4d", "--model-kwargs",
+                             TINY_KWARGS, weights, weights])
+    assert "is the input src" in capsys.readouterr().err
+    assert open(weights, "rb").read() == original

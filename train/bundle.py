@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import jax
 import ml_collections
@@ -71,7 +72,11 @@ def main(argv=None) -> None:
     parser.add_argument("--which", choices=("best", "latest"),
                         default="best")
     args = parser.parse_args(argv)
-    print(f"wrote {bundle_from_checkpoint(args.workdir, args.which)}")
+    try:
+        written = bundle_from_checkpoint(args.workdir, args.which)
+    except (OSError, ValueError) as e:  # Not a workdir, no checkpoint.
+        sys.exit(f"error: {e}")
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":

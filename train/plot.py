@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 from train.metrics_io import read_metrics
 
@@ -53,7 +54,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None,
                         help="PNG path (default: WORKDIR/curves.png)")
     args = parser.parse_args(argv)
-    print(plot_curves(args.workdir, args.out))
+    try:
+        print(plot_curves(args.workdir, args.out))
+    except (OSError, ValueError) as e:  # Not a workdir, nothing logged.
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
