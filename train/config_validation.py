@@ -95,6 +95,7 @@ def validate_config(config: ml_collections.ConfigDict,
         _fail("model_kwargs.num_classes", config.model_kwargs.num_classes,
               "is set by the data set; remove it.")
     _choice(config, "compute_dtype", DTYPES)
+    _check_model(config)
     # Whether the source exists and fits is checked where it is read
     # (train/init_from.py): a resumed run never reads it.
     if not isinstance(config.init_from, str):
@@ -110,7 +111,16 @@ def validate_config(config: ml_collections.ConfigDict,
               "must name the image folder (one subfolder per class) when "
               "config.dataset='folder'.")
     _choice(config, "preprocess", PREPROCESS)
+    if config.preprocess == "digits" and dataset_family(
+            config.dataset) != "digits":
+        _fail("preprocess", config.preprocess,
+              "only applies to config.dataset='digits'.")
     _positive_int(config, "image_size")
+    if dataset_family(config.dataset) == "digits" and config.image_size % 8:
+        # The 8x8 digits are upscaled by repeating each pixel.
+        _fail("image_size", config.image_size,
+              "must be a multiple of 8 for the 8x8 digits (they are "
+              "upscaled by pixel repetition), e.g. 8, 16 or 32.")
     _positive_int(config, "shuffle_buffer_size")
     _choice(config, "bad_images", BAD_IMAGES)
     _number(config, "folder_eval_fraction", 0, 1, low_open=True,
@@ -176,14 +186,42 @@ def validate_config(config: ml_collections.ConfigDict,
                   f"processes ({num_processes}).")
 
 
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    """Builds (does not initialize) the model: the library checks its
+    fields, so that bad ``model_kwargs`` are refused before any data is read
+    or anything compiles. The class count is a stand-in (the data set's
+    comes later; ``model_kwargs.num_classes`` is refused above)."""
+    from train.model_factory import build_model  # pylint: disable=import-outside-toplevel
+
+    try:
+        build_model(config, num_classes=2, axis_name=None)
+    except (ValueError, TypeError) as error:
+        kwargs = (config.model_kwargs.to_dict() if hasattr(
+            config.model_kwargs, "to_dict") else dict(config.model_kwargs))
+        why = str(error).removeprefix("config.model_kwargs: ")
+        raise ConfigError(
+            f"config.model_kwargs (={kwargs!r}) do not make a valid "
+            f"{config.model!r} model: {why}") from error
+
+
+def check_batch_fits(config: ml_collections.ConfigDict,
+                     num_train_examples: int, what: str,
+                     process_count: int = 1) -> None:
+    """Raises :class:`ConfigError` unless the training set holds one full
+    global batch (every step takes one; each process its equal share)."""
+    largest = num_train_examples // process_count * process_count
+    if config.batch_size > largest:
+        _fail("batch_size", config.batch_size,
+              f"is larger than the {num_train_examples} training images of "
+              f"{what}: every step takes a full batch, so it must be at "
+              f"most {largest}; lower it or add training images.")
+
+
 def validate_data(config: ml_collections.ConfigDict, source) -> None:
     """Checks of ``config`` against the loaded data set (before compiling)."""
     if config.eval_batch_size > source.num_eval_examples:
         _fail("eval_batch_size", config.eval_batch_size,
               f"must not exceed the {source.num_eval_examples} examples of "
               f"the eval split of {source.name!r}.")
-    if config.batch_size > source.num_train_examples:
-        _fail("batch_size", config.batch_size,
-              f"must not exceed the {source.num_train_examples} examples of "
-              f"the train split of {source.name!r}.")
+    check_batch_fits(config, source.num_train_examples, repr(source.name))
 

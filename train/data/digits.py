@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 from resnext_jax import Preprocessing
 
+from train.config_validation import ConfigError, check_batch_fits
 from train.data.source import (Batch, DataSource, local_batch_size,
                                num_eval_steps, padded_eval_batches, seed_for)
 
@@ -37,10 +38,10 @@ def create_digits_source(config: ml_collections.ConfigDict,
     """The digits, upscaled by pixel repetition to ``config.image_size``."""
     (x_train, y_train), (x_test, y_test) = load_digits_arrays()
     size = config.image_size
-    if size % 8:
-        raise ValueError(f"config.image_size (={size}) must be a multiple of "
-                         "8 for the 8x8 digits (images are upscaled by "
-                         "pixel repetition).")
+    if size % 8:  # Also refused by validate_config, before anything runs.
+        raise ConfigError(f"config.image_size (={size}) must be a multiple "
+                          "of 8 for the 8x8 digits (they are upscaled by "
+                          "pixel repetition), e.g. 8, 16 or 32.")
     mean, std = float(x_train.mean()), float(x_train.std())
 
     def prepare(images):
@@ -52,10 +53,8 @@ def create_digits_source(config: ml_collections.ConfigDict,
     train_images, test_images = prepare(x_train), prepare(x_test)
     global_batch = config.batch_size
     local = local_batch_size(global_batch, process_count, "batch_size")
+    check_batch_fits(config, len(y_train), "'digits'")
     steps_per_epoch = len(y_train) // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"config.batch_size (={global_batch}) is larger than "
-                         f"the {len(y_train)} digits training images.")
     shift = max(1, size // 8)  # One source pixel.
     fill = float(train_images.min())  # The background, on every host.
 

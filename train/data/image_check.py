@@ -7,6 +7,8 @@ stopping tf.data mid-epoch.
 
 from __future__ import annotations
 
+import os
+
 from absl import logging
 
 
@@ -14,10 +16,31 @@ class BadImageError(ValueError):
     """An image folder holds files that are not usable images."""
 
 
+def display_path(path: str) -> str:
+    """``path`` as it can be printed: the bytes of a name that is not UTF-8
+    (which Python keeps as lone surrogates, and printing or logging them
+    raises) appear as ``\\xNN`` escapes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def problem(path: str) -> str | None:
     """Why ``path`` is not a usable image, or None."""
     from PIL import Image
 
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # Pillow would read it, but tf.data cannot take the name (and its
+        # error names no file): refused here, by name.
+        return ("has a file name that is not valid UTF-8, which TensorFlow "
+                "cannot open; rename it")
+    if os.path.islink(path) and not os.path.exists(path):
+        return (f"is a broken symbolic link (to "
+                f"{display_path(os.readlink(path))})")
     try:
         with Image.open(path) as image:
             image.load()  # Decodes every pixel: catches truncated files.
@@ -45,7 +68,7 @@ def filter_images(files: list[str], labels: list[int], policy: str
     bad = [(f, why) for f in files if (why := problem(f)) is not None]
     if not bad:
         return files, labels
-    lines = [f"  {path}: {why}" for path, why in bad]
+    lines = [f"  {display_path(path)}: {why}" for path, why in bad]
     if policy == "fail":
         raise BadImageError(
             f"{len(bad)} unusable image(s) (config.bad_images='fail'):\n"

@@ -26,8 +26,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from resnext_jax import Preprocessing
 
-from train.config_validation import dataset_family
-from train.data.image_check import BadImageError, filter_images
+from train.config_validation import (ConfigError, check_batch_fits,
+                                     dataset_family)
+from train.data.image_check import (BadImageError, display_path,
+                                     filter_images)
 from train.data.source import (Batch, DataError, DataSource,
                                local_batch_size, num_eval_steps,
                                padded_eval_batches, seed_for)
@@ -207,27 +209,93 @@ def _tfds_split(builder, config, split, process_index, process_count,
     return host, total
 
 
-def _folder_files(root: pathlib.Path):
-    """Class names, image files and labels, and ``(label, path)`` of the
-    files of other types (hidden files aside)."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+# Split folder names (compared lower-cased). The eval split is the first
+# of EVAL_SPLITS present: val before validation before test, as when only
+# those three were known; Roboflow's and Kaggle's valid, and eval, dev and
+# testing, slot in beside them.
+TRAIN_SPLITS = ("train", "training")
+EVAL_SPLITS = ("val", "valid", "validation", "eval", "dev", "test", "testing")
+SPLIT_NAMES = TRAIN_SPLITS + EVAL_SPLITS
+_LAYOUT_RULE = (
+    "An image folder is either <data_dir>/<class>/<images> (split by "
+    "config.folder_eval_fraction) or <data_dir>/train/<class>/<images> with "
+    "<data_dir>/val/<class>/<images> (train/ may be named "
+    f"{' or '.join(n + '/' for n in TRAIN_SPLITS[1:])}, val/ "
+    f"{', '.join(n + '/' for n in EVAL_SPLITS[1:-1])} or "
+    f"{EVAL_SPLITS[-1]}/, in any letter case); no class folder may be named "
+    "like a split.")
+
+
+def _hidden(name: str) -> bool:
+    """Names starting with '.' (.ipynb_checkpoints, .DS_Store, .git) are
+    tool files, never classes or images."""
+    return name.startswith(".")
+
+
+def _subfolders(root: pathlib.Path) -> list[pathlib.Path]:
+    """``root``'s folders that are not hidden, sorted by name."""
+    return sorted((p for p in root.iterdir()
+                   if not _hidden(p.name) and p.is_dir()),
+                  key=lambda p: p.name)
+
+
+def _class_folders(root: pathlib.Path) -> list[pathlib.Path]:
+    """The class folders of ``root``; raises :class:`DataError` for names
+    that are split names (a layout mistake) or not UTF-8 (class names go
+    into the model bundle and onto the terminal)."""
+    folders = _subfolders(root)
+    splits = [p.name for p in folders if p.name.lower() in SPLIT_NAMES]
+    if splits:
+        nested = (" (a split folder inside a split folder: is the data nested "
+                  "one level too deep?)" if root.name.lower() in SPLIT_NAMES
+                  else "")
+        raise DataError(
+            f"{display_path(str(root))} has class folder(s) named like data "
+            f"splits: {', '.join(map(repr, splits))}{nested}. "
+            + _LAYOUT_RULE)
+    for p in folders:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"class folder {display_path(str(p))} has a name that is not "
+                "valid UTF-8; rename it (the class names are the folder "
+                "names).") from None
+    return folders
+
+
+def _folder_files(classes: list[pathlib.Path]):
+    """Image files and labels of the class folders ``classes``, and
+    ``(label, path)`` of the files of other types. Hidden files and folders
+    are left out; a broken symbolic link with an image's extension is kept,
+    to be reported with the unusable images. One walk per class: linear in
+    the files."""
     files, labels, skipped = [], [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
-                continue
+    for label, folder in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not _hidden(d)]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                broken_link = (os.path.islink(path)
+                               and not os.path.exists(path))
+                if _hidden(name) or not (os.path.isfile(path)
+                                         or broken_link):
+                    continue  # Sockets, pipes, devices.
+                found.append(pathlib.Path(path))
+        for path in sorted(found):  # Path order, as sorted(rglob()) was.
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 files.append(str(path))
                 labels.append(label)
             else:
                 skipped.append((label, str(path)))
-    return classes, files, labels, skipped
+    return files, labels, skipped
 
 
 def _report_skipped(skipped: list[tuple[int, str]]) -> None:
     if not skipped:
         return
-    shown = [f"  {path}" for _, path in skipped[:20]]
+    shown = [f"  {display_path(path)}" for _, path in skipped[:20]]
     if len(skipped) > 20:
         shown.append(f"  ... and {len(skipped) - 20} more")
     message = (f"skipping {len(skipped)} file(s) of unsupported types "
@@ -268,35 +336,84 @@ def _check_every_class_trains(classes, found, skipped, train_l, eval_l):
             "or add images, or remove the class folder.")
 
 
+def _split_folders(root: pathlib.Path):
+    """``(train folder, eval folder)`` of a folder laid out by split, or
+    None when ``root``'s folders are the classes."""
+    folders = _subfolders(root)
+    trains = [p for p in folders if p.name.lower() in TRAIN_SPLITS]
+    evals = [p for p in folders if p.name.lower() in EVAL_SPLITS]
+    if not trains or not evals:
+        return None  # Split names among classes: _class_folders refuses.
+    rank = min(EVAL_SPLITS.index(p.name.lower()) for p in evals)
+    chosen = [p for p in evals if EVAL_SPLITS.index(p.name.lower()) == rank]
+    for role, named in (("training", trains), ("eval", chosen)):
+        if len(named) > 1:  # train/ and Training/, val/ and Val/: which?
+            raise DataError(
+                f"{display_path(str(root))} has {len(named)} {role} folders "
+                f"({', '.join(repr(display_path(p.name)) for p in named)}); "
+                "keep one. " + _LAYOUT_RULE)
+    if len(evals) > 1:
+        logging.info("image folder %s: %s is the eval split (%s unused)",
+                     display_path(str(root)), chosen[0].name,
+                     ", ".join(p.name for p in evals if p is not chosen[0]))
+    return trains[0], chosen[0]
+
+
+def _check_class_count(where: pathlib.Path, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise DataError(
+            f"{display_path(str(where))} holds {len(classes)} class "
+            f"folder(s){' ' + repr(classes) if classes else ''}: "
+            "classification needs at least 2 classes, one subfolder of "
+            "images per class.")
+
+
 def _folder_splits(config):
     """(class names, train files/labels, eval files/labels) of a folder.
 
-    ``root/train`` + ``root/val`` (or ``validation``, ``test``) are used as
-    given; otherwise each class is split by ``config.folder_eval_fraction``
-    with a fixed permutation.
+    A ``train`` folder beside a ``val`` one (see TRAIN_SPLITS and
+    EVAL_SPLITS for the other names) is used as given; otherwise each
+    class is split by ``config.folder_eval_fraction`` with a fixed
+    permutation. Layout mistakes are refused before any image is decoded.
     """
     root = pathlib.Path(config.data_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
             f"config.data_dir (={config.data_dir!r}) is not a directory; "
             "give a folder with one subfolder of images per class.")
-    eval_dirs = [root / n for n in ("val", "validation", "test")
-                 if (root / n).is_dir()]
-    if (root / "train").is_dir() and eval_dirs:
-        classes, train_f, train_l, skipped = _folder_files(root / "train")
-        eval_classes, eval_f, eval_l, eval_skipped = _folder_files(
-            eval_dirs[0])
-        skipped += eval_skipped
+    split = _split_folders(root)
+    if split:
+        train_dir, eval_dir = split
+        class_dirs, eval_dirs = _class_folders(train_dir), _class_folders(
+            eval_dir)
+        classes = [p.name for p in class_dirs]
+        eval_classes = [p.name for p in eval_dirs]
         if eval_classes != classes:
-            raise ValueError(
-                f"{eval_dirs[0]} has classes {eval_classes}, but "
-                f"{root / 'train'} has {classes}: they must match.")
+            only_train = sorted(set(classes) - set(eval_classes))
+            only_eval = sorted(set(eval_classes) - set(classes))
+            raise DataError(
+                f"the training folder {display_path(str(train_dir))} and the "
+                f"eval folder {display_path(str(eval_dir))} must hold the "
+                "same class folders, but "
+                + "; ".join(f"{names} only in {folder.name}/" for names, folder
+                            in ((only_train, train_dir),
+                                (only_eval, eval_dir)) if names)
+                + ".")
+        _check_class_count(train_dir, classes)
+        train_f, train_l, skipped = _folder_files(class_dirs)
+        eval_f, eval_l, eval_skipped = _folder_files(eval_dirs)
+        skipped += eval_skipped
     else:
-        classes, files, labels, skipped = _folder_files(root)
+        class_dirs = _class_folders(root)
+        classes = [p.name for p in class_dirs]
+        _check_class_count(root, classes)
+        files, labels, skipped = _folder_files(class_dirs)
+        by_class = [[] for _ in classes]
+        for file, label in zip(files, labels):
+            by_class[label].append(file)
         train_f, train_l, eval_f, eval_l = [], [], [], []
         rng = np.random.default_rng(0)  # The split never depends on seed.
-        for label in range(len(classes)):
-            mine = [f for f, l in zip(files, labels) if l == label]
+        for label, mine in enumerate(by_class):
             order = rng.permutation(len(mine))
             n_eval = max(1, int(round(len(mine) * config.folder_eval_fraction)))
             for rank, i in enumerate(order):
@@ -308,16 +425,11 @@ def _folder_splits(config):
     found = collections.Counter(train_l + eval_l)
     train_f, train_l = filter_images(train_f, train_l, config.bad_images)
     eval_f, eval_l = filter_images(eval_f, eval_l, config.bad_images)
-    if len(classes) < 2:
-        raise ValueError(
-            f"config.data_dir (={config.data_dir!r}) holds {len(classes)} "
-            "class folder(s); an image folder needs one subfolder per class, "
-            "at least two.")
     _check_every_class_trains(classes, found, skipped, train_l, eval_l)
     if not train_f or not eval_f:
-        raise ValueError(f"config.data_dir (={config.data_dir!r}) has no "
-                         f"{'training' if not train_f else 'eval'} images "
-                         f"with extensions {IMAGE_EXTENSIONS}.")
+        raise DataError(f"config.data_dir (={config.data_dir!r}) has no "
+                        f"{'training' if not train_f else 'eval'} images "
+                        f"with extensions {' '.join(IMAGE_EXTENSIONS)}.")
     return classes, (train_f, train_l), (eval_f, eval_l)
 
 
@@ -361,9 +473,9 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
             eval_ds = eval_ds.cache()
 
     kind = resolve_preprocess(config)
-    if kind == "digits":
-        raise ValueError("config.preprocess (='digits') only applies to "
-                         "config.dataset='digits'.")
+    if kind == "digits":  # Also refused by validate_config.
+        raise ConfigError("config.preprocess (='digits') only applies to "
+                          "config.dataset='digits'.")
     size = config.image_size
     if preprocessing is None:
         preprocessing = eval_preprocessing(kind, size)
@@ -372,12 +484,11 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
     eval_fn = spec_eval(preprocessing)
 
     local = local_batch_size(config.batch_size, process_count, "batch_size")
+    check_batch_fits(config, n_train, (
+        f"the image folder {config.data_dir!r}" if family == "folder" else
+        f"{config.dataset!r} (split {config.train_split!r})"), process_count)
     host_examples = n_train // process_count
     steps_per_epoch = host_examples // local
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"config.batch_size (={config.batch_size}) is larger than the "
-            f"{n_train} training examples of {config.dataset!r}.")
 
     def epoch_batches(epoch: int, skip: int) -> tf.data.Dataset:
         epoch_seed = seed_for(config.seed, epoch, process_index)
