@@ -184,3 +184,29 @@ def test_predict_reproduces_the_eval_of_an_image_folder_run(tmp_path,
     model, variables, _ = restore_for_inference(tmp_path / "run", "latest")
     logits = model.apply(variables, images, train=False)
     assert answers == np.argmax(logits, -1).tolist()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_training_turns_images_upright_as_the_eval_spec(tmp_path,
+                                                        orientation):
+    """Training decodes with TensorFlow, which ignores EXIF; the orientation
+    read from the file turns the pixels as PIL's exif_transpose does."""
+    import tensorflow as tf
+    from PIL import Image, ImageOps
+
+    from train.data import tf_pipelines
+    from train.data.image_check import exif_orientation
+
+    pixels = np.random.default_rng(orientation).integers(
+        0, 256, (5, 7, 3), np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"  # Lossless: PIL and TF decode alike.
+    image.save(path, exif=exif)
+    assert exif_orientation(str(path)) == orientation
+    with Image.open(path) as stored:
+        expected = np.asarray(ImageOps.exif_transpose(stored))
+    decoded = tf_pipelines._decode(tf.io.read_file(str(path)))
+    turned = tf_pipelines.upright(decoded, tf.constant(orientation))
+    np.testing.assert_array_equal(turned.numpy(), expected)

@@ -58,6 +58,22 @@ def problem(path: str) -> str | None:
     return None
 
 
+def exif_orientation(path: str) -> int:
+    """The EXIF orientation of an image file (1 to 8; 1, upright, when it
+    has none or it cannot be read). Reads the header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # pylint: disable=broad-except
+        return 1  # Unreadable files are reported by problem().
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
 def filter_images(files: list[str], labels: list[int], policy: str
                   ) -> tuple[list[str], list[int]]:
     """``files`` and ``labels`` without the bad images.

@@ -29,7 +29,7 @@ from resnext_jax import Preprocessing
 from train.config_validation import (ConfigError, check_batch_fits,
                                      dataset_family)
 from train.data.image_check import (BadImageError, display_path,
-                                     filter_images)
+                                     exif_orientation, filter_images)
 from train.data.source import (Batch, DataError, DataSource,
                                local_batch_size, num_eval_steps,
                                padded_eval_batches, seed_for)
@@ -53,6 +53,26 @@ def _decode(image: tf.Tensor) -> tf.Tensor:
     elif image.shape[-1] == 1:
         image = tf.image.grayscale_to_rgb(image)
     return image
+
+
+def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """HWC pixels turned as their EXIF ``orientation`` (1 to 8) says, as
+    PIL's ``ImageOps.exif_transpose`` (which the eval spec applies): a
+    portrait phone photo is stored sideways with a tag."""
+    def transpose():
+        return tf.transpose(image, [1, 0, 2])
+    turned = tf.switch_case(tf.cast(orientation, tf.int32) - 1, [
+        lambda: image,                                    # 1: upright
+        lambda: tf.image.flip_left_right(image),          # 2
+        lambda: tf.image.rot90(image, 2),                 # 3
+        lambda: tf.image.flip_up_down(image),             # 4
+        transpose,                                        # 5: transpose
+        lambda: tf.image.rot90(image, 3),                 # 6
+        lambda: tf.image.rot90(transpose(), 2),           # 7: transverse
+        lambda: tf.image.rot90(image, 1),                 # 8
+    ], default=lambda: image)
+    turned.set_shape([None, None, image.shape[-1]])
+    return turned
 
 
 def _normalize(image, mean, std):
@@ -438,11 +458,17 @@ def _files_dataset(files, labels, process_index, process_count,
     n = len(files)
     if drop_remainder:  # Equal shards, so hosts step in lockstep.
         n -= n % process_count
+    # Training decodes with TensorFlow, which ignores EXIF: the orientation
+    # is read here (the header only) and applied after decoding. The eval
+    # spec (PIL) applies it itself.
     ds = tf.data.Dataset.from_tensor_slices(
-        {"path": files[:n], "label": np.asarray(labels[:n], np.int64)})
+        {"path": files[:n], "label": np.asarray(labels[:n], np.int64),
+         "orientation": np.asarray([exif_orientation(f) for f in files[:n]],
+                                   np.int32)})
     ds = ds.shard(process_count, process_index)
     ds = ds.map(lambda ex: {"image": tf.io.read_file(ex["path"]),
-                            "label": ex["label"]})
+                            "label": ex["label"],
+                            "orientation": ex["orientation"]})
     return ds, len(files)
 
 
@@ -499,7 +525,10 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
         def preprocess(index, ex):
             seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
             if config.augment:
-                image = train_fn(ex["image"], seed, size, mean, std)
+                image = ex["image"]
+                if "orientation" in ex:  # Image folders (see _files_dataset).
+                    image = upright(_decode(image), ex["orientation"])
+                image = train_fn(image, seed, size, mean, std)
             else:
                 image = eval_fn(ex["image"])
             return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
