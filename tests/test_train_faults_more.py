@@ -242,6 +242,22 @@ def test_deleted_checkpoints_are_named_as_deleted(tmp_path):
     assert "damaged" not in str(error.value)
 
 
+def test_another_network_under_allow_config_change_is_one_clear_error(
+        tmp_path, capfd):
+    loop.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path,
+                            stop_at_step=2)
+    wider = tiny_config(num_train_steps=4, allow_config_change=True)
+    wider.model_kwargs.base_width = 4
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 holds another "
+                       r"network than this config's \(.*: \(8,\) -> \(16,\)"
+                       r".*--config\.init_from=") as error:
+        loop.train_and_evaluate(wider, tmp_path)
+    assert "strict" not in str(error.value)
+    assert "Metadata file" not in capfd.readouterr().err
+    assert (tmp_path / "checkpoints" / "2").is_dir()  # Not set aside.
+
+
 def test_resume_with_another_data_order_is_refused(tmp_path, capsys):
     loop.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path,
                             stop_at_step=2)

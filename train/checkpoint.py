@@ -130,6 +130,7 @@ class Checkpointer:
             step_dir = self._step_dir(kind, step)
             problem = integrity.verify(self.workdir, kind, step, step_dir)
             if problem is None:
+                self._check_fits(step_dir, abstract)
                 try:
                     restored = self._manager_of(kind).restore(
                         step, args=ocp.args.Composite(
@@ -161,6 +162,36 @@ class Checkpointer:
             "from scratch: pass --config.restart_from_scratch=True for that, "
             "or use a new --workdir.")
 
+    def _check_fits(self, step_dir: pathlib.Path, abstract) -> None:
+        """Raises :class:`CheckpointError` naming the arrays whose shapes
+        differ when the checkpoint holds another network than ``abstract``
+        (``allow_config_change`` with another model): said before orbax
+        tries, which would fail with its own advice and leave its reader
+        tasks to print tracebacks at exit."""
+        absl_logger = py_logging.getLogger("absl")
+        level = absl_logger.level
+        # Orbax warns that the item has no metadata file of its own: true
+        # of every checkpoint a CheckpointManager writes, and harmless.
+        absl_logger.setLevel(py_logging.ERROR)
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                saved = reader.metadata(
+                    (step_dir / "state").absolute()).item_metadata.tree
+        except Exception:  # pylint: disable=broad-except
+            return  # Unreadable metadata: the restore tells damage apart.
+        finally:
+            absl_logger.setLevel(level)
+        differ = _shape_differences(saved, abstract)
+        if differ:
+            raise CheckpointError(
+                f"checkpoint {step_dir} holds another network than this "
+                f"config's ({'; '.join(differ[:3])}"
+                f"{'; ...' if len(differ) > 3 else ''}): "
+                "config.allow_config_change resumes only a checkpoint that "
+                "fits the new model. To start from this run's weights with "
+                "another model, use a new --workdir with "
+                f"--config.init_from={self.workdir}.")
+
     def _set_aside(self, kind: str, step: int, problem: str) -> None:
         """Moves a damaged step out of orbax's sight (so the step can be
         saved again) and keeps it for inspection."""
@@ -183,6 +214,24 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _shape_differences(saved, expected) -> list[str]:
+    """``"name: saved shape -> expected shape"`` for each array of two state
+    trees whose shapes differ, and the arrays only one of them holds."""
+    def shapes(tree):
+        return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
+                for path, leaf in jax.tree_util.tree_flatten_with_path(
+                    tree)[0]}
+    have, want = shapes(saved), shapes(expected)
+    differ = [f"{name}: {have[name]} -> {want[name]}"
+              for name in sorted(set(have) & set(want))
+              if have[name] != want[name]]
+    differ += [f"{name}: only in the checkpoint"
+               for name in sorted(set(have) - set(want))]
+    differ += [f"{name}: not in the checkpoint"
+               for name in sorted(set(want) - set(have))]
+    return differ
 
 
 class _DiskFullFilter(py_logging.Filter):
