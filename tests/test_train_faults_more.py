@@ -122,59 +122,59 @@ def _wait_for_line(child, prefix, timeout=240):
     raise AssertionError(f"no {prefix!r} line:\n" + "".join(lines)[-3000:])
 
 
-@pytest.mark.slow
-def test_sigterm_stops_at_the_next_step_and_the_lock_keeps_others_out(
-        tmp_path):
+def _signal_training_child(workdir, signum, while_running=None):
+    """Starts the slow CLI child on ``workdir``, sends ``signum`` after its
+    fifth batch (first calling ``while_running(child)``); returns its exit
+    status and output."""
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         _CHILD.replace("WORKDIR", repr(str(tmp_path)))],
+        [sys.executable, "-c", _CHILD.replace("WORKDIR", repr(str(workdir)))],
         cwd=REPO, env=_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_line(child, "batch 5")
-        # A second run on the same workdir is refused, naming the holder.
+        if while_running:
+            while_running(child)
+        child.send_signal(signum)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, out
+
+
+def _stopped_step(out, line_start):
+    stopped = int(out.split(f"{line_start}: saving a checkpoint at step ")[1]
+                  .split()[0])
+    # Logging (and so, before, the signal check) is every 1000 steps.
+    assert stopped < 100, out[-3000:]
+    return stopped
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_the_next_step_and_the_lock_keeps_others_out(
+        tmp_path):
+    def second_run_is_refused(child):
         with pytest.raises(WorkdirError,
                            match=rf"in use by process {child.pid} on host "
                                  rf"{socket.gethostname()}"):
             loop.train_and_evaluate(tiny_config(num_train_steps=200),
                                     tmp_path)
-        child.send_signal(signal.SIGTERM)
-        out, _ = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == 143, out[-3000:]
-    stopped = int(out.split("checkpoint at step ")[1].split()[0])
-    # Logging (and so, before, the SIGTERM check) is every 1000 steps.
-    assert stopped < 100, out[-3000:]
+
+    status, out = _signal_training_child(tmp_path, signal.SIGTERM,
+                                         second_run_is_refused)
+    assert status == 143, out[-3000:]
+    stopped = _stopped_step(out, "Preempted (SIGTERM)")
     assert _checkpoint_steps(tmp_path) == [stopped]
     assert not (tmp_path / "lock").exists()
 
 
-def _train_child(workdir):
-    return subprocess.Popen(
-        [sys.executable, "-c", _CHILD.replace("WORKDIR", repr(str(workdir)))],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path):
-    child = _train_child(tmp_path)
-    try:
-        _wait_for_line(child, "batch 5")
-        child.send_signal(signal.SIGINT)
-        out, _ = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == 130, out[-3000:]
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    status, out = _signal_training_child(tmp_path, signal.SIGINT)
+    assert status == 130, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
-    stopped = int(out.split("Interrupted (Ctrl-C): saving a checkpoint at "
-                            "step ")[1].split()[0])
-    assert stopped < 100, out[-3000:]
+    stopped = _stopped_step(out, "Interrupted (Ctrl-C)")
     assert _checkpoint_steps(tmp_path) == [stopped]
     assert not (tmp_path / "lock").exists()
 
