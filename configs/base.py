@@ -4,6 +4,19 @@ Not an experiment itself: ``configs/default.py`` is the runnable default.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+
+# ResNeXt fields settable through model_kwargs, with their types (the
+# computation dtype is compute_dtype; num_classes comes from the data).
+MODEL_KWARGS = {
+    "stage_sizes": tuple, "cardinality": int, "base_width": int,
+    "stage_widths": tuple, "stem": str, "stem_type": str, "avg_down": bool,
+    "attn_layer": str, "block_form": str, "zero_init_residual": bool,
+    "conv_impl": str, "bn_momentum": float, "bn_epsilon": float,
+    "block_cls": str, "expansion": int, "drop_path_rate": float,
+    "remat": str,
+}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -14,7 +27,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ``model_kwargs`` are ResNeXt field overrides (num_classes comes from
     # the data set).
     config.model = "custom"
-    config.model_kwargs = ml_collections.ConfigDict()
+    # Every field a run may set, unset (None: the registry model's value),
+    # so that any of them can be given on the command line of any config:
+    # --config.model_kwargs.drop_path_rate=0.1.
+    config.model_kwargs = ml_collections.ConfigDict(
+        {field: config_dict.placeholder(kind)
+         for field, kind in MODEL_KWARGS.items()})
     config.compute_dtype = "float32"  # or "bfloat16"; params stay float32.
 
     # Fine-tuning (README, "Fine-tuning"). init_from: "" trains from

@@ -34,6 +34,7 @@ from resnext_jax.models import model_config
 from resnext_jax.malloc import configure_malloc
 from resnext_jax.counting import count_flops
 from resnext_jax.counting import count_params
+from resnext_jax.counting import match_width
 from resnext_jax.counting import summarize
 from resnext_jax.preprocessing import Preprocessing
 from resnext_jax.pretrained_cfg import pretrained_preprocessing
@@ -61,6 +62,7 @@ __all__ = (
     "list_models",
     "load_pretrained",
     "load_torch_state_dict",
+    "match_width",
     "model_config",
     "pretrained_preprocessing",
     "read_state_dict",

@@ -94,6 +94,33 @@ def check_batchnorm_constants(momentum: float, epsilon: float) -> None:
                          "keeps the normalization finite at zero variance.")
 
 
+def check_drop_path_rate(rate: float) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (
+            0 <= rate < 1):
+        raise ValueError(f"drop_path_rate (={rate!r}) must be a number in "
+                         "[0, 1): the probability of dropping a residual "
+                         "branch.")
+
+
+def drop_path(x, rate: float, rng):
+    """Stochastic depth (Huang et al. 2016) as timm's ``drop_path``: each
+    sample's residual branch is zeroed with probability ``rate``, the kept
+    ones scaled by ``1 / (1 - rate)`` so the expectation is unchanged."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
+
+
+def dropout_rng(module: nn.Module):
+    """The module's ``"dropout"`` key, or an error saying how to pass one."""
+    if not module.has_rng("dropout"):
+        raise ValueError(
+            "drop_path_rate > 0 in training needs a 'dropout' key: "
+            "model.apply(variables, x, train=True, mutable=['batch_stats'], "
+            "rngs={'dropout': key}).")
+    return module.make_rng("dropout")
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """timm's ``make_divisible(v, divisor, round_limit=0.)``: ``value`` rounded
     to the nearest multiple of ``divisor``, at least ``divisor``."""
@@ -277,15 +304,18 @@ class Bottleneck(_Common):
     zero_init_residual: bool = True
     attn_layer: str | None = None
     avg_down: bool = False
+    expansion: int = EXPANSION
+    drop_path_rate: float = 0.0
 
     def __post_init__(self):
         check_block_form(self.form)
+        check_drop_path_rate(self.drop_path_rate)
         check_conv_impl(self.conv_impl)
         check_attn_layer(self.attn_layer)
         if not isinstance(self.avg_down, bool):
             raise ValueError(
                 f"avg_down (={self.avg_down!r}) must be True or False.")
-        for field in ("planes", "cardinality", "base_width"):
+        for field in ("planes", "cardinality", "base_width", "expansion"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -305,42 +335,57 @@ class Bottleneck(_Common):
             return self.width
         return bottleneck_width(self.planes, self.cardinality, self.base_width)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        width = self.group_conv_width
-        out_features = self.planes * EXPANSION
-        common = dict(strides=self.strides, conv_impl=self.conv_impl,
-                      dtype=self.dtype, param_dtype=self.param_dtype,
-                      bn_momentum=self.bn_momentum,
-                      bn_epsilon=self.bn_epsilon, axis_name=self.axis_name)
+    @property
+    def out_features(self) -> int:
+        return self.planes * self.expansion
 
+    def _common(self) -> dict:
+        return dict(strides=self.strides, conv_impl=self.conv_impl,
+                    dtype=self.dtype, param_dtype=self.param_dtype,
+                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                    axis_name=self.axis_name)
+
+    def residual(self, x, train: bool):
+        """The residual function up to ``conv3`` (``bn3`` follows in
+        ``__call__``), in the block's form."""
+        width, out_features = self.group_conv_width, self.out_features
         if self.form == "C":
             y = self._conv(width, 1, name="conv1")(x)
             y = self._norm(train, "bn1", activation="relu")(y)
             y = self._conv(width, 3, self.strides, groups=self.cardinality,
                            name="conv2")(y)
             y = self._norm(train, "bn2", activation="relu")(y)
-            y = self._conv(out_features, 1, name="conv3")(y)
-        else:
-            group_width = width // self.cardinality
-            branch = functools.partial(
-                Branch, width=group_width,
-                out_features=out_features if self.form == "A" else None,
-                **common)
-            outs = [branch(name=f"branch_{i}")(x, train)
-                    for i in range(self.cardinality)]
-            if self.form == "A":
-                y = functools.reduce(jnp.add, outs)
-            else:
-                y = jnp.concatenate(outs, axis=-1)
-                y = self._conv(out_features, 1, name="conv3")(y)
-        shortcut = x
-        if self.strides != 1 or x.shape[-1] != out_features:
-            shortcut = Downsample(features=out_features, avg_down=self.avg_down,
-                                  name="downsample", **common)(x, train)
+            return self._conv(out_features, 1, name="conv3")(y)
+        branch = functools.partial(
+            Branch, width=width // self.cardinality,
+            out_features=out_features if self.form == "A" else None,
+            **self._common())
+        outs = [branch(name=f"branch_{i}")(x, train)
+                for i in range(self.cardinality)]
+        if self.form == "A":
+            return functools.reduce(jnp.add, outs)
+        return self._conv(out_features, 1, name="conv3")(
+            jnp.concatenate(outs, axis=-1))
+
+    def shortcut(self, x, train: bool):
+        """The identity, or a projection where the shape changes; None
+        for a block without a shortcut (override it, e.g. for the paper's
+        Table 5 ablation)."""
+        if self.strides == 1 and x.shape[-1] == self.out_features:
+            return x
+        return Downsample(features=self.out_features,
+                          avg_down=self.avg_down, name="downsample",
+                          **self._common())(x, train)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = self.residual(x, train)
+        shortcut = self.shortcut(x, train)
+        drop = train and self.drop_path_rate > 0
+        fused = self.attn_layer is None and not drop and shortcut is not None
         bn3 = self._norm(train, "bn3", zero_scale=self.zero_init_residual,
-                         activation=None if self.attn_layer else "relu")
-        if self.attn_layer is None:
+                         activation="relu" if fused else None)
+        if fused:
             # relu(bn3(y) + shortcut) in one fused op.
             return bn3(y, residual=shortcut)
         y = bn3(y)
@@ -348,10 +393,12 @@ class Bottleneck(_Common):
         if self.attn_layer == "se":
             y = SqueezeExcite(conv_impl=self.conv_impl, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="se")(y)
-        else:
+        elif self.attn_layer == "eca":
             y = EfficientChannelAttention(
                 dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
-        return nn.relu(y + shortcut)
+        if drop:
+            y = drop_path(y, self.drop_path_rate, dropout_rng(self))
+        return nn.relu(y if shortcut is None else y + shortcut)
 
 
 # ---------------------------------------------------------------------------

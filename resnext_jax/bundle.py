@@ -59,6 +59,8 @@ def model_fields(model: ResNeXt) -> dict:
         value = getattr(model, field.name)
         if field.name in _DTYPE_FIELDS:
             value = jnp.dtype(value).name
+        elif field.name == "block_cls":
+            value = f"{value.__module__}:{value.__qualname__}"
         elif isinstance(value, (tuple, list)):
             value = [int(v) for v in value]
         fields[field.name] = value

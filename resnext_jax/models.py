@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import numbers
 from typing import Any, Sequence
 
@@ -18,9 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.blocks import (Bottleneck, _Common, check_attn_layer,
-                                check_batchnorm_constants, check_float_dtype,
-                                check_block_form, conv_kernel_init)
+from resnext_jax.blocks import (EXPANSION, Bottleneck, _Common,
+                                check_attn_layer, check_batchnorm_constants,
+                                check_block_form, check_drop_path_rate,
+                                check_float_dtype, conv_kernel_init)
 from resnext_jax.batchnorm import BatchNorm, bn_impl_for
 from resnext_jax.compilation_cache import compile_run_once
 from resnext_jax.conv import GroupedConv, check_conv_impl, max_pool
@@ -31,6 +33,8 @@ STEMS = ("imagenet", "cifar")
 # Tricks", https://arxiv.org/abs/1812.01187), with the widths of timm's
 # ``stem_width=32``, as in all of timm's deep-stem ResNeXts.
 STEM_TYPES = ("", "deep", "deep_tiered")
+# Gradient checkpointing: "block" recomputes each block in the backward pass.
+REMAT_POLICIES = ("none", "block")
 DEEP_STEM_WIDTHS = {"deep": (32, 32), "deep_tiered": (24, 32)}
 # Paper Table 1 (ImageNet) and Sec. 5.3 / official code (CIFAR).
 STAGE_PLANES = {"imagenet": (64, 128, 256, 512), "cifar": (64, 128, 256)}
@@ -88,6 +92,17 @@ class ResNeXt(nn.Module):
       param_dtype: parameter dtype.
       axis_name: mapped axis over which BatchNorm averages its batch
         statistics (cross-replica BN in a data-parallel step).
+      block_cls: the residual block (a class, or ``"module:ClassName"``),
+        built once per block with the fields
+        of :class:`~resnext_jax.blocks.Bottleneck` (``planes``, ``strides``,
+        ``cardinality``, ...); subclass it to change what a block computes
+        (see the docs' no-shortcut ablation).
+      expansion: block output channels per ``planes`` (4: 256 out of 64).
+      drop_path_rate: stochastic depth of the last block, decayed linearly
+        from 0 at the first (timm's rule); training mode only, with the
+        ``"dropout"`` key of ``apply``.
+      remat: "none", or "block" to recompute each block's activations in
+        the backward pass (``nn.remat``): less memory, the same gradients.
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -107,11 +122,16 @@ class ResNeXt(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     axis_name: str | None = None
+    block_cls: Any = Bottleneck
+    expansion: int = EXPANSION
+    drop_path_rate: float = 0.0
+    remat: str = "none"
 
     def __post_init__(self):
         # numpy integers (np.int64(10), a config's value) are integers too;
         # stored as Python ints so the fields serialize to JSON.
-        for field in ("cardinality", "base_width", "num_classes"):
+        for field in ("cardinality", "base_width", "num_classes",
+                      "expansion"):
             value = getattr(self, field)
             if isinstance(value, numbers.Integral) and not isinstance(
                     value, bool):
@@ -123,11 +143,22 @@ class ResNeXt(nn.Module):
                     isinstance(v, numbers.Integral) and not isinstance(v, bool)
                     for v in value):
                 object.__setattr__(self, field, tuple(int(v) for v in value))
+        if isinstance(self.block_cls, str):  # From a config or model.json.
+            object.__setattr__(self, "block_cls",
+                               import_block_cls(self.block_cls))
         self._validate()
         super().__post_init__()
 
     def _validate(self):
         check_float_dtype("dtype", self.dtype)
+        check_drop_path_rate(self.drop_path_rate)
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat (={self.remat!r}) must be one of "
+                             f"{REMAT_POLICIES}.")
+        if not (isinstance(self.block_cls, type)
+                and issubclass(self.block_cls, nn.Module)):
+            raise ValueError(f"block_cls (={self.block_cls!r}) must be a "
+                             "flax module class, e.g. a Bottleneck subclass.")
         check_float_dtype("param_dtype", self.param_dtype)
         check_batchnorm_constants(self.bn_momentum, self.bn_epsilon)
         if self.stem not in STEMS:
@@ -146,7 +177,7 @@ class ResNeXt(nn.Module):
                 raise ValueError(
                     f"stage_sizes={sizes}: every entry must be a positive "
                     f"integer, got {size!r}.")
-        for field in ("cardinality", "base_width"):
+        for field in ("cardinality", "base_width", "expansion"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -245,12 +276,24 @@ class ResNeXt(nn.Module):
 
         planes_per_stage = STAGE_PLANES[self.stem]
         strides_per_stage = STAGE_STRIDES[self.stem]
+        # train (argument 2, after self and x) is a Python bool: static.
+        block_cls = (nn.remat(self.block_cls, static_argnums=(2,))
+                     if self.remat == "block" else self.block_cls)
+        num_blocks_total = sum(self.stage_sizes)
+        index = 0
         for i, num_blocks in enumerate(self.stage_sizes):
             width = (None if self.stage_widths is None
                      else self.stage_widths[i])
             for j in range(num_blocks):
-                x = Bottleneck(
+                # timm's linear decay: 0 at the first block, the full rate
+                # at the last.
+                drop_path_rate = self.drop_path_rate * index / max(
+                    num_blocks_total - 1, 1)
+                index += 1
+                x = block_cls(
                     planes=planes_per_stage[i],
+                    expansion=self.expansion,
+                    drop_path_rate=drop_path_rate,
                     cardinality=self.cardinality,
                     base_width=self.base_width,
                     width=width,
@@ -276,6 +319,23 @@ class ResNeXt(nn.Module):
                          param_dtype=self.param_dtype, name="fc")(x)
             features["logits"] = x
         return features if return_features else x
+
+
+def import_block_cls(spec: str) -> type:
+    """The block class named ``"module:QualifiedName"`` (how bundles and
+    configs name a custom ``block_cls``); the module must be importable."""
+    module_name, _, qualname = spec.partition(":")
+    try:
+        if not (module_name and qualname):
+            raise ImportError("expected 'module:QualifiedName'")
+        value = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"block_cls (={spec!r}) cannot be imported ({e}); name it as "
+            "'module:ClassName' with the module on the Python path.") from None
+    return value
 
 
 # ---------------------------------------------------------------------------

@@ -191,13 +191,12 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
     fields, so that bad ``model_kwargs`` are refused before any data is read
     or anything compiles. The class count is a stand-in (the data set's
     comes later; ``model_kwargs.num_classes`` is refused above)."""
-    from train.model_factory import build_model  # pylint: disable=import-outside-toplevel
+    from train.model_factory import build_model, model_overrides  # pylint: disable=import-outside-toplevel
 
     try:
         build_model(config, num_classes=2, axis_name=None)
     except (ValueError, TypeError) as error:
-        kwargs = (config.model_kwargs.to_dict() if hasattr(
-            config.model_kwargs, "to_dict") else dict(config.model_kwargs))
+        kwargs = model_overrides(config)
         why = str(error).removeprefix("config.model_kwargs: ")
         raise ConfigError(
             f"config.model_kwargs (={kwargs!r}) do not make a valid "

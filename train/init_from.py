@@ -27,6 +27,7 @@ from resnext_jax.convert import TORCH_SUFFIXES
 from train import workdir as workdir_lib
 from train.checkpoint_integrity import file_sha256
 from train.config_validation import ConfigError, dataset_family
+from train.model_factory import model_overrides
 
 
 class InitFromError(ConfigError):
@@ -162,7 +163,7 @@ def load(source: Source, config: ml_collections.ConfigDict,
             state, model.clone(axis_name=None), head=head, rng=config.seed)
     except resnext_jax.StateDictMismatchError as e:
         _fail(source.given, f"does not fit config.model (={config.model!r}"
-              f", model_kwargs={config.model_kwargs.to_dict()}): "
+              f", model_kwargs={model_overrides(config)}): "
               f"{_mismatch_summary(e)}")
     record = {
         "init_from": source.given,

@@ -12,6 +12,18 @@ from train.mesh import AXIS
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+    """The ``model_kwargs`` a config sets: fields left unset (None, see
+    configs/base.py) keep the registry model's value."""
+    kwargs = dict(config.model_kwargs.to_dict()) if hasattr(
+        config.model_kwargs, "to_dict") else dict(config.model_kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for key in ("stage_sizes", "stage_widths"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return kwargs
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 axis_name: str | None = AXIS) -> resnext_jax.ResNeXt:
     """``config.model`` (a registry name or "custom") with
@@ -19,11 +31,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
     computation and float32 parameters; BatchNorm reduces over
     ``axis_name`` (the data-parallel axis; None for inference).
     """
-    kwargs = dict(config.model_kwargs.to_dict()) if hasattr(
-        config.model_kwargs, "to_dict") else dict(config.model_kwargs)
-    for key in ("stage_sizes", "stage_widths"):
-        if kwargs.get(key) is not None:
-            kwargs[key] = tuple(kwargs[key])
+    kwargs = model_overrides(config)
     kwargs.update(num_classes=num_classes, axis_name=axis_name,
                   dtype=_DTYPES[config.compute_dtype],
                   param_dtype=jnp.float32)

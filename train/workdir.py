@@ -83,9 +83,20 @@ def _same(a, b) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def _without_unset(config: dict) -> dict:
+    """``config`` without its unset ``model_kwargs`` (None: the registry's
+    value), so a workdir written before they were listed compares equal."""
+    kwargs = config.get("model_kwargs")
+    if not isinstance(kwargs, dict):
+        return config
+    return dict(config, model_kwargs={k: v for k, v in kwargs.items()
+                                      if v is not None})
+
+
 def config_changes(saved: dict, new: dict) -> dict:
     """``{field: [saved, new]}`` for every field that differs (but for the
     switches of one invocation)."""
+    saved, new = _without_unset(saved), _without_unset(new)
     return {k: [saved.get(k), new.get(k)]
             for k in sorted(set(saved) | set(new))
             if k not in _SWITCHES and not _same(saved.get(k), new.get(k))}
@@ -354,7 +365,8 @@ class WorkdirLock:
 def differences(saved: dict, config: ml_collections.ConfigDict,
                 saved_classes: int | None, num_classes: int) -> list[str]:
     """``"field: saved -> new"`` for each model-defining field that changed."""
-    new = json.loads(config.to_json_best_effort())
+    saved = _without_unset(saved)
+    new = _without_unset(json.loads(config.to_json_best_effort()))
     diffs = [f"{f}: {saved.get(f)!r} -> {new.get(f)!r}" for f in MODEL_FIELDS
              if json.dumps(saved.get(f), sort_keys=True)
              != json.dumps(new.get(f), sort_keys=True)]
