@@ -72,7 +72,7 @@ def _decode_fields(fields: Mapping) -> dict:
     for key in _DTYPE_FIELDS:
         if key in fields:
             fields[key] = jnp.dtype(fields[key])
-    for key in ("stage_sizes", "stage_widths"):
+    for key in ("stage_sizes", "stage_widths", "out_indices"):
         if fields.get(key) is not None:
             fields[key] = tuple(fields[key])
     return fields

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import numbers
 from typing import Any, Sequence
@@ -103,6 +104,11 @@ class ResNeXt(nn.Module):
         ``"dropout"`` key of ``apply``.
       remat: "none", or "block" to recompute each block's activations in
         the backward pass (``nn.remat``): less memory, the same gradients.
+      features_only: return the list of feature maps ``out_indices`` asks
+        for instead of logits, and build nothing after the last (timm's
+        ``features_only``); :meth:`feature_info` describes them.
+      out_indices: the maps: 0 the stem (before the max-pool), 1-4 (1-3
+        for CIFAR) the stages.
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -126,6 +132,8 @@ class ResNeXt(nn.Module):
     expansion: int = EXPANSION
     drop_path_rate: float = 0.0
     remat: str = "none"
+    features_only: bool = False
+    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
 
     def __post_init__(self):
         # numpy integers (np.int64(10), a config's value) are integers too;
@@ -136,7 +144,7 @@ class ResNeXt(nn.Module):
             if isinstance(value, numbers.Integral) and not isinstance(
                     value, bool):
                 object.__setattr__(self, field, int(value))
-        for field in ("stage_sizes", "stage_widths"):
+        for field in ("stage_sizes", "stage_widths", "out_indices"):
             value = getattr(self, field)
             if isinstance(value, (list, tuple)) and any(
                     type(v) is not int for v in value) and all(
@@ -152,6 +160,18 @@ class ResNeXt(nn.Module):
     def _validate(self):
         check_float_dtype("dtype", self.dtype)
         check_drop_path_rate(self.drop_path_rate)
+        if not isinstance(self.features_only, bool):
+            raise ValueError(f"features_only (={self.features_only!r}) must "
+                             "be True or False.")
+        num_maps = len(STAGE_PLANES.get(self.stem, ())) + 1
+        indices = self.out_indices
+        if not (isinstance(indices, (tuple, list)) and indices and all(
+                isinstance(i, int) and 0 <= i < num_maps for i in indices)
+                and list(indices) == sorted(set(indices))):
+            raise ValueError(
+                f"out_indices (={indices!r}) must list increasing map "
+                f"indices from 0 (the stem) to {num_maps - 1} (the last "
+                "stage), e.g. (1, 2, 3, 4).")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat (={self.remat!r}) must be one of "
                              f"{REMAT_POLICIES}.")
@@ -233,84 +253,104 @@ class ResNeXt(nn.Module):
                 f"{x.dtype}; convert with x.astype(jnp.float32) and "
                 "normalize first.")
 
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        """Logits ``(N, num_classes)``; with ``return_features`` a dict of the
-        stem and per-stage feature maps, the pooled features and the logits.
-        """
-        self._check_input(x)
-        features = {}
-        norm = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                    dtype=self.dtype, param_dtype=self.param_dtype,
-                    axis_name=self.axis_name, activation="relu",
-                    impl=bn_impl_for(self.conv_impl))
-        x = x.astype(self.dtype)
-        if self.stem == "imagenet" and self.stem_type:
-            x = DeepStem(widths=DEEP_STEM_WIDTHS[self.stem_type],
-                         features=STEM_FEATURES, conv_impl=self.conv_impl,
-                         dtype=self.dtype, param_dtype=self.param_dtype,
-                         bn_momentum=self.bn_momentum,
-                         bn_epsilon=self.bn_epsilon, axis_name=self.axis_name,
-                         name="conv1")(x, train)
-            x = BatchNorm(use_running_average=not train, name="bn1",
-                          **norm)(x)
-            x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
-        elif self.stem == "imagenet":
-            x = GroupedConv(STEM_FEATURES, (7, 7), strides=(2, 2),
-                            padding=((3, 3), (3, 3)), use_bias=False,
+    def feature_info(self) -> list[dict]:
+        """timm's ``feature_info`` of the maps ``features_only`` returns:
+        each one's ``index``, channels (``num_chs``), ``reduction`` (input
+        pixels per map pixel) and ``module`` (timm's name), in order."""
+        imagenet = self.stem == "imagenet"
+        info = [{"index": 0, "num_chs": STEM_FEATURES,
+                 "reduction": 2 if imagenet else 1, "module": "act1"}]
+        reduction = 4 if imagenet else 1
+        for i, (planes, stride) in enumerate(zip(STAGE_PLANES[self.stem],
+                                                 STAGE_STRIDES[self.stem])):
+            reduction *= stride if i else 1
+            info.append({"index": i + 1, "num_chs": planes * self.expansion,
+                         "reduction": reduction, "module": f"layer{i + 1}"})
+        return [info[i] for i in self.out_indices]
+
+    def _stem(self, x, train):
+        """``conv1`` (the 7x7/2, timm's deep stems, or CIFAR's 3x3) and
+        ``bn1`` with its ReLU: timm's ``act1`` map, before the max-pool."""
+        if self.stem_type:
+            conv = DeepStem(widths=DEEP_STEM_WIDTHS[self.stem_type],
+                            features=STEM_FEATURES, conv_impl=self.conv_impl,
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            bn_momentum=self.bn_momentum,
+                            bn_epsilon=self.bn_epsilon,
+                            axis_name=self.axis_name, name="conv1")
+            x = conv(x, train)
+        else:
+            size, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+            pad = (size - 1) // 2
+            x = GroupedConv(STEM_FEATURES, (size, size),
+                            strides=(stride, stride),
+                            padding=((pad, pad), (pad, pad)), use_bias=False,
                             dtype=self.dtype, param_dtype=self.param_dtype,
                             kernel_init=conv_kernel_init,
                             impl=self.conv_impl, name="conv1")(x)
-            x = BatchNorm(use_running_average=not train, name="bn1",
-                          **norm)(x)
-            x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
-        else:
-            x = GroupedConv(STEM_FEATURES, (3, 3), padding=((1, 1), (1, 1)),
-                            use_bias=False, dtype=self.dtype,
-                            param_dtype=self.param_dtype,
-                            kernel_init=conv_kernel_init,
-                            impl=self.conv_impl, name="conv1")(x)
-            x = BatchNorm(use_running_average=not train, name="bn1",
-                          **norm)(x)
-        features["stem"] = x
+        return BatchNorm(use_running_average=not train, name="bn1",
+                         momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                         dtype=self.dtype, param_dtype=self.param_dtype,
+                         axis_name=self.axis_name, activation="relu",
+                         impl=bn_impl_for(self.conv_impl))(x)
 
-        planes_per_stage = STAGE_PLANES[self.stem]
-        strides_per_stage = STAGE_STRIDES[self.stem]
-        # train (argument 2, after self and x) is a Python bool: static.
+    def _blocks(self):
+        """``(stage, name, is_last_of_stage, block)`` of every block, in
+        order; ``block`` holds the stage's strides and widths and the
+        block's drop-path rate."""
         block_cls = (nn.remat(self.block_cls, static_argnums=(2,))
                      if self.remat == "block" else self.block_cls)
-        num_blocks_total = sum(self.stage_sizes)
-        index = 0
+        total, index = sum(self.stage_sizes), 0
         for i, num_blocks in enumerate(self.stage_sizes):
-            width = (None if self.stage_widths is None
-                     else self.stage_widths[i])
             for j in range(num_blocks):
-                # timm's linear decay: 0 at the first block, the full rate
-                # at the last.
-                drop_path_rate = self.drop_path_rate * index / max(
-                    num_blocks_total - 1, 1)
-                index += 1
-                x = block_cls(
-                    planes=planes_per_stage[i],
+                yield i + 1, f"layer{i + 1}_{j}", j == num_blocks - 1, (
+                    functools.partial(
+                    block_cls, planes=STAGE_PLANES[self.stem][i],
                     expansion=self.expansion,
-                    drop_path_rate=drop_path_rate,
-                    cardinality=self.cardinality,
-                    base_width=self.base_width,
-                    width=width,
-                    strides=strides_per_stage[i] if j == 0 else 1,
+                    # timm's linear decay: 0 at the first block, the full
+                    # rate at the last.
+                    drop_path_rate=self.drop_path_rate * index / max(
+                        total - 1, 1),
+                    cardinality=self.cardinality, base_width=self.base_width,
+                    width=(None if self.stage_widths is None
+                           else self.stage_widths[i]),
+                    strides=STAGE_STRIDES[self.stem][i] if j == 0 else 1,
                     form=self.block_form,
                     zero_init_residual=self.zero_init_residual,
-                    attn_layer=self.attn_layer,
-                    avg_down=self.avg_down,
-                    conv_impl=self.conv_impl,
-                    dtype=self.dtype,
+                    attn_layer=self.attn_layer, avg_down=self.avg_down,
+                    conv_impl=self.conv_impl, dtype=self.dtype,
                     param_dtype=self.param_dtype,
-                    bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon,
-                    axis_name=self.axis_name,
-                    name=f"layer{i + 1}_{j}")(x, train)
-            features[f"layer{i + 1}"] = x
+                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                    axis_name=self.axis_name))
+                index += 1
 
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        """Logits ``(N, num_classes)``. With ``features_only``, the list of
+        maps ``out_indices`` asks for (0: the stem, 1-4: the stages),
+        computing nothing after the last. With ``return_features``, a dict
+        of the stem (after the max-pool) and per-stage maps, the pooled
+        features and the logits."""
+        self._check_input(x)
+        wanted = set(self.out_indices) if self.features_only else set()
+        maps, features = [], {}
+        x = self._stem(x.astype(self.dtype), train)
+        if 0 in wanted:
+            maps.append(x)
+        if self.stem == "imagenet":
+            x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
+        features["stem"] = x
+        last_stage = max(wanted) if self.features_only else len(
+            self.stage_sizes)
+        for stage, name, last_of_stage, block in self._blocks():
+            if stage > last_stage:
+                break
+            x = block(name=name)(x, train)
+            features[f"layer{stage}"] = x
+            if last_of_stage and stage in wanted:
+                maps.append(x)
+        if self.features_only:
+            return maps
         # Pool and classify in float32: cheap, and keeps logits precise.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         features["pooled"] = x

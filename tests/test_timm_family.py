@@ -239,3 +239,58 @@ def test_logits_equal_timm_through_safetensors(timm, name, tmp_path):
         np.testing.assert_array_equal(back[key], tensor.numpy(), err_msg=key)
     net.load_state_dict({k: torch.tensor(v) for k, v in back.items()},
                         strict=True)
+
+
+# ---------------------------------------------------------------------------
+# Backbone features, as timm's features_only.
+
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "resnext50d_32x4d",
+                                  "seresnext26d_32x4d"])
+def test_features_only_equal_timm(timm, name):
+    import torch  # pylint: disable=import-outside-toplevel
+    size, out_indices = 64, (0, 1, 2, 3, 4)
+    torch.manual_seed(0)
+    net = randomize_batchnorm(timm.create_model(name, pretrained=False,
+                                                num_classes=10), torch, 2,
+                              image_size=size)
+    features = timm.create_model(name, pretrained=False, features_only=True,
+                                 out_indices=out_indices).eval()
+    missing, _ = features.load_state_dict(net.state_dict(), strict=False)
+    assert not missing
+    images = np.random.default_rng(4).normal(
+        size=(2, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = [m.numpy().transpose(0, 2, 3, 1) for m in features(
+            torch.from_numpy(images.transpose(0, 3, 1, 2)))]
+
+    model = rx.create_model(name, num_classes=10, conv_impl="xla",
+                            features_only=True, out_indices=out_indices)
+    variables = rx.load_torch_state_dict(
+        {k: v.numpy() for k, v in net.state_dict().items()},
+        model.clone(features_only=False))
+    maps = jax.jit(model.apply)(variables, images)
+    assert [m.shape for m in maps] == [e.shape for e in expected]
+    for index, (ours, theirs) in enumerate(zip(maps, expected)):
+        scale = float(np.abs(theirs).max())
+        error = float(np.abs(np.asarray(ours) - theirs).max())
+        print(f"\n{name} map {index}: max |diff| {error:.3g}, relative "
+              f"{error / scale:.2g}")
+        assert error <= 1e-4 * scale
+    info = features.feature_info
+    assert [i["num_chs"] for i in model.feature_info()] == info.channels()
+    assert [i["reduction"] for i in model.feature_info()] == info.reduction()
+
+
+def test_features_stop_after_the_last_map_asked_for():
+    model = rx.create_model("resnext50_32x4d", features_only=True,
+                            out_indices=(1, 2))
+    shapes = jax.eval_shape(lambda: rx.init_variables(model, 0, 64))
+    assert sorted(shapes["params"]) == ["bn1", "conv1", "layer1_0",
+                                        "layer1_1", "layer1_2", "layer2_0",
+                                        "layer2_1", "layer2_2", "layer2_3"]
+    maps = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 64, 64, 3))),
+                          shapes)
+    assert [m.shape for m in maps] == [(1, 16, 16, 256), (1, 8, 8, 512)]
+    with pytest.raises(ValueError, match=r"out_indices \(=\(2, 1\)\) must "
+                       "list increasing"):
+        rx.create_model("resnext50_32x4d", out_indices=(2, 1))
