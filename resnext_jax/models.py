@@ -108,7 +108,7 @@ class ResNeXt(nn.Module):
         for instead of logits, and build nothing after the last (timm's
         ``features_only``); :meth:`feature_info` describes them.
       out_indices: the maps: 0 the stem (before the max-pool), 1-4 (1-3
-        for CIFAR) the stages.
+        for CIFAR) the stages; None: all of them.
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -133,7 +133,7 @@ class ResNeXt(nn.Module):
     drop_path_rate: float = 0.0
     remat: str = "none"
     features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
+    out_indices: Sequence[int] | None = None
 
     def __post_init__(self):
         # numpy integers (np.int64(10), a config's value) are integers too;
@@ -165,7 +165,8 @@ class ResNeXt(nn.Module):
                              "be True or False.")
         num_maps = len(STAGE_PLANES.get(self.stem, ())) + 1
         indices = self.out_indices
-        if not (isinstance(indices, (tuple, list)) and indices and all(
+        if indices is not None and not (
+                isinstance(indices, (tuple, list)) and indices and all(
                 isinstance(i, int) and 0 <= i < num_maps for i in indices)
                 and list(indices) == sorted(set(indices))):
             raise ValueError(
@@ -266,7 +267,13 @@ class ResNeXt(nn.Module):
             reduction *= stride if i else 1
             info.append({"index": i + 1, "num_chs": planes * self.expansion,
                          "reduction": reduction, "module": f"layer{i + 1}"})
-        return [info[i] for i in self.out_indices]
+        return [info[i] for i in self._map_indices()]
+
+    def _map_indices(self) -> tuple[int, ...]:
+        """``out_indices``, or every map: the stem's and each stage's."""
+        if self.out_indices is not None:
+            return tuple(self.out_indices)
+        return tuple(range(len(self.stage_sizes) + 1))
 
     def _stem(self, x, train):
         """``conv1`` (the 7x7/2, timm's deep stems, or CIFAR's 3x3) and
@@ -332,7 +339,7 @@ class ResNeXt(nn.Module):
         of the stem (after the max-pool) and per-stage maps, the pooled
         features and the logits."""
         self._check_input(x)
-        wanted = set(self.out_indices) if self.features_only else set()
+        wanted = set(self._map_indices()) if self.features_only else set()
         maps, features = [], {}
         x = self._stem(x.astype(self.dtype), train)
         if 0 in wanted:
