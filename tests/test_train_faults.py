@@ -250,8 +250,23 @@ def test_all_checkpoints_damaged_is_an_error_not_a_fresh_start(tmp_path):
     step_dir = _stopped_run(tmp_path)
     _flip_bytes(step_dir)
     _flip_bytes(step_dir.parent / "8")
+    _flip_bytes(tmp_path / "best" / "8")  # The eval at step 8 kept it.
     with pytest.raises(CheckpointError, match="every checkpoint .* damaged"):
         loop.train_and_evaluate(_config(), tmp_path)
+
+
+def test_damaged_latest_checkpoints_fall_back_to_an_intact_best(tmp_path,
+                                                                capsys):
+    step_dir = _stopped_run(tmp_path)
+    _flip_bytes(step_dir)
+    _flip_bytes(step_dir.parent / "8")
+    capsys.readouterr()
+    summary = loop.train_and_evaluate(_config(), tmp_path)
+    out = capsys.readouterr().out
+    assert f"Resuming from step 8 of {STEPS} ({tmp_path / 'best' / '8'})" in (
+        out)
+    assert summary["completed"]
+    assert len(list((tmp_path / "damaged").iterdir())) == 2
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from train import loop
 from train.checkpoint import restore_for_inference
 from train.workdir import load_dataset_info
 from train.metrics_io import read_metrics
+from train.model_factory import model_overrides
 from train.plot import plot_curves
 from train_helpers import run_python, tiny_config
 
@@ -87,7 +88,7 @@ def test_run_traces_only_its_own_platforms_lowering(tmp_path):
     # lowering, not a per-platform conditional; the bundle it writes keeps
     # "auto" for wherever the model is served.
     config = tiny_config()
-    assert config.model_kwargs.get("conv_impl", "auto") == "auto"
+    assert model_overrides(config).get("conv_impl", "auto") == "auto"
     run = loop.setup(config, tmp_path)
     state = run.init_state()
     batch = next(iter(run.source.train_batches(0)))
