@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 from resnext_jax.blocks import ATTN_LAYERS
 from resnext_jax.blocks import BLOCK_FORMS
 from resnext_jax.blocks import Bottleneck
-from resnext_jax.blocks import convert_block_form
+from resnext_jax.block_forms import convert_block_form
 from resnext_jax.bundle import Pretrained
 from resnext_jax.bundle import load_pretrained
 from resnext_jax.bundle import save_pretrained

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnext_jax.blocks import convert_block_form
+from resnext_jax.block_forms import convert_block_form
 from resnext_jax.files import atomic_path
 from resnext_jax.models import ResNeXt
 
