@@ -7,8 +7,8 @@
 BatchNorm acts per channel, so a BN over the concatenation of the branches
 equals one BN per branch over its own channels: forms A, B and C compute the
 same function when their weights are sliced from one another (see
-:func:`resnext_jax.block_forms.convert_block_form`). The third BN acts on the aggregated sum, as in the
-paper's implementation ("BN right after the convolutions", Sec. 4).
+:mod:`resnext_jax.block_forms`). The third BN acts on the aggregated sum, as
+in the paper's implementation ("BN right after the convolutions", Sec. 4).
 
 Layer names follow torchvision's ``Bottleneck`` (``conv1``, ``bn1``, ...,
 ``downsample``); branches of forms A and B are ``branch_0`` ... ``branch_{C-1}``.
