@@ -155,15 +155,19 @@ class _Common(nn.Module):
     bn_epsilon: float = 1e-5
     axis_name: str | None = None
 
-    def _conv(self, features, kernel_size, strides=1, groups=1, name=None):
+    def _conv(self, features, kernel_size, strides=1, groups=1, name=None,
+              dilation=1):
         # Every convolution goes through GroupedConv so that the selected
         # lowering applies to all of them (1x1s become GEMMs on CPU).
-        pad = (kernel_size - 1) // 2  # torchvision's symmetric padding
+        # torchvision's symmetric padding, which keeps the size of a
+        # dilated 3x3 too.
+        pad = (kernel_size - 1) // 2 * dilation
         return GroupedConv(
             features, (kernel_size, kernel_size), strides=(strides, strides),
             padding=((pad, pad), (pad, pad)), feature_group_count=groups,
             use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=conv_kernel_init, impl=self.conv_impl, name=name)
+            kernel_init=conv_kernel_init, impl=self.conv_impl,
+            kernel_dilation=dilation, name=name)
 
     def _norm(self, train, name, zero_scale=False, activation=None):
         # flax's BatchNorm, with the ReLU (and residual add) that follows it
@@ -184,12 +188,14 @@ class Branch(_Common):
 
     width: int = 4
     out_features: int | None = None  # set for form A
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         y = self._conv(self.width, 1, name="conv1")(x)
         y = self._norm(train, "bn1", activation="relu")(y)
-        y = self._conv(self.width, 3, self.strides, name="conv2")(y)
+        y = self._conv(self.width, 3, self.strides, name="conv2",
+                       dilation=self.dilation)(y)
         y = self._norm(train, "bn2", activation="relu")(y)
         if self.out_features is not None:
             y = self._conv(self.out_features, 1, name="conv3")(y)
@@ -202,11 +208,14 @@ class Downsample(_Common):
     With ``avg_down`` (ResNet-D, He et al. 2019, "Bag of Tricks", Sec. 4.2)
     the stride moves to a 2x2 average pool before a stride-1 1x1 conv, so the
     shortcut sees every input pixel: timm's ``downsample_avg``, pooling with
-    ``ceil_mode=True, count_include_pad=False``.
+    ``ceil_mode=True, count_include_pad=False``. In a dilated stage (stride
+    1, ``dilation`` above 1) timm pools 2x2 at stride 1 with "same" zero
+    padding (its ``AvgPool2dSame``).
     """
 
     features: int = 256
     avg_down: bool = False
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -214,6 +223,9 @@ class Downsample(_Common):
         if self.avg_down and strides != 1:
             x = _avg_pool_ceil(x, strides)
             strides = 1
+        elif self.avg_down and self.dilation > 1:
+            x = nn.avg_pool(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))),
+                            (2, 2), strides=(1, 1), padding="VALID")
         x = self._conv(self.features, 1, strides, name="conv")(x)
         return self._norm(train, "bn")(x)
 
@@ -306,6 +318,8 @@ class Bottleneck(_Common):
     avg_down: bool = False
     expansion: int = EXPANSION
     drop_path_rate: float = 0.0
+    dilation: int = 1
+    first_dilation: int | None = None
 
     def __post_init__(self):
         check_block_form(self.form)
@@ -353,11 +367,13 @@ class Bottleneck(_Common):
             y = self._conv(width, 1, name="conv1")(x)
             y = self._norm(train, "bn1", activation="relu")(y)
             y = self._conv(width, 3, self.strides, groups=self.cardinality,
-                           name="conv2")(y)
+                           name="conv2",
+                           dilation=self.first_dilation or self.dilation)(y)
             y = self._norm(train, "bn2", activation="relu")(y)
             return self._conv(out_features, 1, name="conv3")(y)
         branch = functools.partial(
             Branch, width=width // self.cardinality,
+            dilation=self.first_dilation or self.dilation,
             out_features=out_features if self.form == "A" else None,
             **self._common())
         outs = [branch(name=f"branch_{i}")(x, train)
@@ -374,8 +390,8 @@ class Bottleneck(_Common):
         if self.strides == 1 and x.shape[-1] == self.out_features:
             return x
         return Downsample(features=self.out_features,
-                          avg_down=self.avg_down, name="downsample",
-                          **self._common())(x, train)
+                          avg_down=self.avg_down, dilation=self.dilation,
+                          name="downsample", **self._common())(x, train)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

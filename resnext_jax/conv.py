@@ -498,6 +498,9 @@ class GroupedConv(nn.Module):
       feature_group_count: number of groups; divides input and output width.
       use_bias: whether to add a bias.
       impl: lowering, one of :data:`CONV_IMPLS`.
+      kernel_dilation: spacing of the kernel's taps (atrous convolution, for
+        ``output_stride`` below 32); a dilated convolution is XLA's own,
+        whatever ``impl`` says.
     """
 
     features: int
@@ -511,6 +514,7 @@ class GroupedConv(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
     impl: str = "auto"
+    kernel_dilation: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -531,8 +535,17 @@ class GroupedConv(nn.Module):
             (kh, kw, in_features // groups, self.features), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         x = x.astype(dtype)
-        y = grouped_conv(x, kernel.astype(dtype), strides=self.strides,
-                         padding=self.padding, groups=groups, impl=self.impl)
+        if self.kernel_dilation != 1:
+            y = lax.conv_general_dilated(
+                x, kernel.astype(dtype), window_strides=tuple(self.strides),
+                padding=_hashable_padding(self.padding),
+                rhs_dilation=(self.kernel_dilation,) * 2,
+                dimension_numbers=_DIMENSION_NUMBERS,
+                feature_group_count=groups)
+        else:
+            y = grouped_conv(x, kernel.astype(dtype), strides=self.strides,
+                             padding=self.padding, groups=groups,
+                             impl=self.impl)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,),
                               self.param_dtype)

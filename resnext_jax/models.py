@@ -34,6 +34,9 @@ STEMS = ("imagenet", "cifar")
 # Tricks", https://arxiv.org/abs/1812.01187), with the widths of timm's
 # ``stem_width=32``, as in all of timm's deep-stem ResNeXts.
 STEM_TYPES = ("", "deep", "deep_tiered")
+# Input pixels per pixel of the last map: 32, or 16 and 8 by dilating the
+# last stages instead of striding them (timm's and torchvision's rule).
+OUTPUT_STRIDES = (8, 16, 32)
 # Gradient checkpointing: "block" recomputes each block in the backward pass.
 REMAT_POLICIES = ("none", "block")
 DEEP_STEM_WIDTHS = {"deep": (32, 32), "deep_tiered": (24, 32)}
@@ -109,6 +112,8 @@ class ResNeXt(nn.Module):
         ``features_only``); :meth:`feature_info` describes them.
       out_indices: the maps: 0 the stem (before the max-pool), 1-4 (1-3
         for CIFAR) the stages; None: all of them.
+      output_stride: 32, or 16 or 8: the last stage (two last stages) dilate
+        their 3x3s instead of striding, for dense prediction.
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -134,6 +139,7 @@ class ResNeXt(nn.Module):
     remat: str = "none"
     features_only: bool = False
     out_indices: Sequence[int] | None = None
+    output_stride: int = 32
 
     def __post_init__(self):
         # numpy integers (np.int64(10), a config's value) are integers too;
@@ -173,6 +179,12 @@ class ResNeXt(nn.Module):
                 f"out_indices (={indices!r}) must list increasing map "
                 f"indices from 0 (the stem) to {num_maps - 1} (the last "
                 "stage), e.g. (1, 2, 3, 4).")
+        if self.output_stride not in OUTPUT_STRIDES or (
+                self.output_stride != 32 and self.stem != "imagenet"):
+            raise ValueError(
+                f"output_stride (={self.output_stride!r}) must be one of "
+                f"{OUTPUT_STRIDES} (the ImageNet stem; CIFAR models keep "
+                "their strides).")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat (={self.remat!r}) must be one of "
                              f"{REMAT_POLICIES}.")
@@ -258,13 +270,11 @@ class ResNeXt(nn.Module):
         """timm's ``feature_info`` of the maps ``features_only`` returns:
         each one's ``index``, channels (``num_chs``), ``reduction`` (input
         pixels per map pixel) and ``module`` (timm's name), in order."""
-        imagenet = self.stem == "imagenet"
         info = [{"index": 0, "num_chs": STEM_FEATURES,
-                 "reduction": 2 if imagenet else 1, "module": "act1"}]
-        reduction = 4 if imagenet else 1
-        for i, (planes, stride) in enumerate(zip(STAGE_PLANES[self.stem],
-                                                 STAGE_STRIDES[self.stem])):
-            reduction *= stride if i else 1
+                 "reduction": 2 if self.stem == "imagenet" else 1,
+                 "module": "act1"}]
+        for i, (planes, (_, _, reduction)) in enumerate(zip(
+                STAGE_PLANES[self.stem], self._stage_plan())):
             info.append({"index": i + 1, "num_chs": planes * self.expansion,
                          "reduction": reduction, "module": f"layer{i + 1}"})
         return [info[i] for i in self._map_indices()]
@@ -274,6 +284,19 @@ class ResNeXt(nn.Module):
         if self.out_indices is not None:
             return tuple(self.out_indices)
         return tuple(range(len(self.stage_sizes) + 1))
+
+    def _stage_plan(self) -> list[tuple[int, int, int]]:
+        """``(stride, dilation, reduction)`` of each stage: past
+        ``output_stride``, a stage's stride becomes dilation (timm's
+        ``make_blocks``)."""
+        reduction = 4 if self.stem == "imagenet" else 1
+        dilation, plan = 1, []
+        for stride in STAGE_STRIDES[self.stem]:
+            if reduction * stride > self.output_stride:
+                dilation, stride = dilation * stride, 1
+            reduction *= stride
+            plan.append((stride, dilation, reduction))
+        return plan
 
     def _stem(self, x, train):
         """``conv1`` (the 7x7/2, timm's deep stems, or CIFAR's 3x3) and
@@ -307,8 +330,9 @@ class ResNeXt(nn.Module):
         block's drop-path rate."""
         block_cls = (nn.remat(self.block_cls, static_argnums=(2,))
                      if self.remat == "block" else self.block_cls)
-        total, index = sum(self.stage_sizes), 0
-        for i, num_blocks in enumerate(self.stage_sizes):
+        total, index, previous_dilation = sum(self.stage_sizes), 0, 1
+        for i, (num_blocks, (stride, dilation, _)) in enumerate(zip(
+                self.stage_sizes, self._stage_plan())):
             for j in range(num_blocks):
                 yield i + 1, f"layer{i + 1}_{j}", j == num_blocks - 1, (
                     functools.partial(
@@ -321,7 +345,10 @@ class ResNeXt(nn.Module):
                     cardinality=self.cardinality, base_width=self.base_width,
                     width=(None if self.stage_widths is None
                            else self.stage_widths[i]),
-                    strides=STAGE_STRIDES[self.stem][i] if j == 0 else 1,
+                    strides=stride if j == 0 else 1,
+                    # A dilated stage's first 3x3 keeps the dilation of the
+                    # stage before (timm's first_dilation).
+                    dilation=dilation, first_dilation=previous_dilation,
                     form=self.block_form,
                     zero_init_residual=self.zero_init_residual,
                     attn_layer=self.attn_layer, avg_down=self.avg_down,
@@ -329,7 +356,7 @@ class ResNeXt(nn.Module):
                     param_dtype=self.param_dtype,
                     bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                     axis_name=self.axis_name))
-                index += 1
+                index, previous_dilation = index + 1, dilation
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):

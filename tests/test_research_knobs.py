@@ -186,3 +186,24 @@ def test_model_fields_override_on_a_registry_config():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["(1,", "1,", "1,", "1)", "32", "False",
                                      "0.05"]
+
+
+def test_output_stride_dilates_in_every_form():
+    model = tiny_model(output_stride=8)
+    variables = random_variables(model, 64)
+    images = jax.random.normal(jax.random.PRNGKey(5), (2, 64, 64, 3))
+    maps = model.clone(features_only=True).apply(variables, images)
+    assert [m.shape[1] for m in maps] == [32, 16, 8, 8, 8]
+    assert [i["reduction"] for i in model.clone(
+        features_only=True).feature_info()] == [2, 4, 8, 8, 8]
+    expected = model.apply(variables, images)
+    for form in ("A", "B"):
+        other = model.clone(block_form=form)
+        np.testing.assert_allclose(
+            other.apply(rx.convert_block_form(variables, to=form), images),
+            expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"output_stride \(=4\) must be one "
+                       r"of \(8, 16, 32\)"):
+        tiny_model(output_stride=4)
+    with pytest.raises(ValueError, match=r"output_stride \(=16\).*CIFAR"):
+        rx.create_model("resnext29_32x4d", output_stride=16)

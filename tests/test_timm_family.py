@@ -244,9 +244,11 @@ def test_logits_equal_timm_through_safetensors(timm, name, tmp_path):
 # ---------------------------------------------------------------------------
 # Backbone features, as timm's features_only.
 
-@pytest.mark.parametrize("name", ["resnext50_32x4d", "resnext50d_32x4d",
-                                  "seresnext26d_32x4d"])
-def test_features_only_equal_timm(timm, name):
+@pytest.mark.parametrize("name, output_stride", [
+    ("resnext50_32x4d", 32), ("resnext50d_32x4d", 32),
+    ("seresnext26d_32x4d", 32), ("resnext50_32x4d", 16),
+    ("resnext50d_32x4d", 16), ("seresnext26d_32x4d", 8)])
+def test_features_only_equal_timm(timm, name, output_stride):
     import torch  # pylint: disable=import-outside-toplevel
     size, out_indices = 64, (0, 1, 2, 3, 4)
     torch.manual_seed(0)
@@ -254,7 +256,8 @@ def test_features_only_equal_timm(timm, name):
                                                 num_classes=10), torch, 2,
                               image_size=size)
     features = timm.create_model(name, pretrained=False, features_only=True,
-                                 out_indices=out_indices).eval()
+                                 out_indices=out_indices,
+                                 output_stride=output_stride).eval()
     missing, _ = features.load_state_dict(net.state_dict(), strict=False)
     assert not missing
     images = np.random.default_rng(4).normal(
@@ -264,7 +267,8 @@ def test_features_only_equal_timm(timm, name):
             torch.from_numpy(images.transpose(0, 3, 1, 2)))]
 
     model = rx.create_model(name, num_classes=10, conv_impl="xla",
-                            features_only=True, out_indices=out_indices)
+                            features_only=True, out_indices=out_indices,
+                            output_stride=output_stride)
     variables = rx.load_torch_state_dict(
         {k: v.numpy() for k, v in net.state_dict().items()},
         model.clone(features_only=False))
@@ -273,8 +277,8 @@ def test_features_only_equal_timm(timm, name):
     for index, (ours, theirs) in enumerate(zip(maps, expected)):
         scale = float(np.abs(theirs).max())
         error = float(np.abs(np.asarray(ours) - theirs).max())
-        print(f"\n{name} map {index}: max |diff| {error:.3g}, relative "
-              f"{error / scale:.2g}")
+        print(f"\n{name} stride {output_stride} map {index}: max |diff| "
+              f"{error:.3g}, relative {error / scale:.2g}")
         assert error <= 1e-4 * scale
     info = features.feature_info
     assert [i["num_chs"] for i in model.feature_info()] == info.channels()
