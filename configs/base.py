@@ -63,7 +63,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.preprocess = "auto"
     config.augment = True
     config.shuffle_buffer_size = 10_000
-    config.folder_eval_fraction = 0.2  # folder without train/ and val/.
+    # Held out per class of a folder not split by folders (train/ + val/,
+    # valid/, ...).
+    config.folder_eval_fraction = 0.2
     # Image folder files that do not decode to an image: "skip" (reported
     # with their paths) or "fail" (stop before training).
     config.bad_images = "skip"

@@ -1,7 +1,9 @@
 """Fine-tune a pretrained registry model on an image folder, at 224.
 
-The folder holds one subfolder of images per class (or train/ and val/
-with those subfolders); the class count comes from it. With the
+The folder holds one subfolder of images per class, or train/ beside val/
+with those subfolders (also training/, and valid/, validation/, eval/,
+dev/, test/ or testing/; README, "Data"); the class count comes from it. It
+needs at least batch_size (64) training images. With the
 torchvision weights of ResNeXt-50 (converted once to .safetensors, see the
 README):
 
