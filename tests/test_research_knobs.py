@@ -1,5 +1,6 @@
 """The research knobs of the model: a custom block class, drop-path,
-rematerialization, and model fields from any config's command line."""
+rematerialization, output stride, and model fields from any config's
+command line."""
 
 import json
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from conftest import random_variables, tiny_model
 
 import resnext_jax as rx
+from examples.no_shortcut_block import NoShortcutBottleneck
 from train_helpers import REPO
 
 NO_SHORTCUT = "examples.no_shortcut_block:NoShortcutBottleneck"
@@ -62,28 +64,27 @@ def test_drop_path_is_the_identity_in_eval_mode():
 
 
 def test_drop_path_keeps_each_branch_with_the_right_probability():
-    """One block, rate 0.3 (the last block gets the full rate): a sample's
-    output is either the shortcut alone (branch dropped) or shortcut plus
-    the branch scaled by 1 / 0.7."""
+    """A block without its shortcut, rate 0.3: each sample's output is
+    either 0 (branch dropped) or the undropped output scaled by 1 / 0.7
+    (ReLU commutes with a positive scale)."""
     rate, n = 0.3, 4000
-    block = rx.Bottleneck(planes=4, cardinality=2, base_width=64,
-                          zero_init_residual=False, drop_path_rate=rate)
+    block = NoShortcutBottleneck(planes=4, cardinality=2, base_width=64,
+                                 zero_init_residual=False,
+                                 drop_path_rate=rate)
     x = jax.random.normal(jax.random.PRNGKey(3), (n, 4, 4, 16))
     variables = block.init(jax.random.PRNGKey(0), x[:1])
     full, _ = block.clone(drop_path_rate=0.0).apply(
         variables, x, train=True, mutable=["batch_stats"])
-    dropped, _ = block.apply(variables, x, train=True,
-                             mutable=["batch_stats"],
-                             rngs={"dropout": jax.random.PRNGKey(7)})
-    shortcut_only = jax.nn.relu(x)
-    is_dropped = np.all(np.isclose(dropped, shortcut_only, atol=1e-5),
-                        axis=(1, 2, 3))
-    kept_fraction = 1 - is_dropped.mean()
+    out, _ = block.apply(variables, x, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.PRNGKey(7)})
+    full, out = np.asarray(full), np.asarray(out)
+    dropped = np.all(out == 0, axis=(1, 2, 3))
+    assert not np.any(np.all(full == 0, axis=(1, 2, 3)))
+    np.testing.assert_allclose(out[~dropped], full[~dropped] / (1 - rate),
+                               rtol=1e-5, atol=1e-6)
     # Binomial(4000, 0.7): standard deviation 0.0072; 5 of them.
-    assert abs(kept_fraction - (1 - rate)) < 0.036, kept_fraction
-    # Where the branch was kept, the output is not the shortcut alone.
-    assert not np.allclose(np.asarray(full)[~is_dropped],
-                           np.asarray(shortcut_only)[~is_dropped])
+    kept = 1 - dropped.mean()
+    assert abs(kept - (1 - rate)) < 0.036, kept
 
 
 def test_drop_path_in_training_without_a_key_says_how():
