@@ -23,7 +23,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax.numpy as jnp
 
-from resnext_jax import __version__
+from resnext_jax import __version__, hub
 from resnext_jax.files import umask_mode
 from resnext_jax.convert import (load_torch_state_dict, read_state_dict,
                                  save_safetensors)
@@ -214,9 +214,12 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
                     **model_kwargs: Any) -> Pretrained:
     """Loads a model with its variables, preprocessing and class names.
 
-    ``path`` is a bundle directory, a training workdir (its ``model/``), or
-    a torchvision/timm weights file (``.safetensors``, or ``.pth`` with torch
-    installed) together with ``model_name``. ``model_kwargs`` override model
+    ``path`` is a bundle directory, a training workdir (its ``model/``), a
+    torchvision/timm weights file (``.safetensors``, or ``.pth`` with torch
+    installed) together with ``model_name``, or, where no such path exists,
+    the name of published weights (``"resnext50_32x4d.tv_in1k"``, or a
+    model for timm's default tag), downloaded from the Hugging Face Hub
+    (:mod:`resnext_jax.hub`). ``model_kwargs`` override model
     fields, e.g. ``dtype=jnp.bfloat16`` or ``conv_impl="xla"``; for a weights
     file the classifier size comes from the file unless ``num_classes`` is
     given.
@@ -239,7 +242,14 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
         class_names = list(config["class_names"])
         return Pretrained(model, variables, preprocessing, class_names)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
+        published = hub.resolve_name(str(path)) if model_name is None else None
+        if published is None:
+            raise FileNotFoundError(
+                f"{path} does not exist, and is not the name of published "
+                "weights (resnext_jax.hub.available()).")
+        loaded = load_pretrained(hub.download(published),
+                                 published.split(".")[0], **model_kwargs)
+        return loaded._replace(preprocessing=hub.preprocessing_of(published))
     if model_name is None:
         raise ValueError(
             f"{path} is a weights file: give the model's name too, e.g. "

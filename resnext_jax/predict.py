@@ -67,6 +67,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model-kwargs", default="{}",
                         help="JSON of ResNeXt field overrides, e.g. "
                              "'{\"dtype\": \"bfloat16\"}'")
+    source.add_argument("--pretrained",
+                        help="published weights by name, downloaded from "
+                             "the Hugging Face Hub, e.g. "
+                             "resnext50_32x4d.tv_in1k (instead of "
+                             "--model/--weights)")
     source.add_argument("--workdir",
                         help="a training run's directory, or a model bundle "
                              "directory (instead of --model/--weights)")
@@ -79,7 +84,13 @@ def load_model(args: argparse.Namespace):
     """``(model, variables, class_names, Preprocessing)`` from parsed model
     arguments (see :func:`add_model_arguments`)."""
     kwargs = parse_model_kwargs(args.model_kwargs)
-    if args.workdir:
+    if getattr(args, "pretrained", None):
+        if args.workdir or args.weights or args.model:
+            raise ValueError("give either --pretrained, --workdir or "
+                             "--model/--weights, not several.")
+        model, variables, preprocessing, class_names = load_pretrained(
+            args.pretrained, **kwargs)
+    elif args.workdir:
         if args.weights or args.model:
             raise ValueError("give either --workdir or --model/--weights, "
                              "not both.")
@@ -87,7 +98,8 @@ def load_model(args: argparse.Namespace):
             args.workdir, **kwargs)
     else:
         if not (args.model and args.weights):
-            raise ValueError("give --model and --weights (or --workdir).")
+            raise ValueError("give --model and --weights (or --workdir, or "
+                             "--pretrained NAME).")
         model, variables, preprocessing, class_names = load_pretrained(
             args.weights, args.model, **kwargs)
     if args.labels:
@@ -209,7 +221,7 @@ def main(argv=None) -> None:
     enable_compilation_cache()
     try:
         model, variables, class_names, preprocessing = load_model(args)
-    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
         sys.exit(f"error: {e}")
     results = predict_files(model, variables, args.images, class_names,
                             top_k=args.top_k, batch_size=args.batch_size,
