@@ -156,3 +156,24 @@ def test_the_table_is_timms_pretrained_cfg():
     for model, tag in hub.DEFAULT_TAGS.items():
         assert timm.models.get_pretrained_cfg(model).hf_hub_id == (
             f"timm/{model}.{tag}")
+
+
+def test_fine_tuning_starts_from_published_weights_by_name(local_hub):
+    from train import init_from
+    from train.model_factory import build_model
+    from train_helpers import tiny_config
+
+    variables, _, _ = local_hub
+    config = tiny_config(model="resnext50_32x4d", init_from=NAME)
+    config.model_kwargs.stem = None  # The registry model's (ImageNet).
+    for key, value in SMALL.items():
+        config.model_kwargs[key] = value
+    source = init_from.find_source(config)
+    assert source.kind == "hub" and source.preprocessing.interpolation == (
+        "bilinear")
+    model = build_model(config, 10, axis_name=None)
+    loaded, record = init_from.load(source, config, model, 10)
+    _assert_same(loaded["params"]["layer4_0"],
+                 variables["params"]["layer4_0"])
+    assert loaded["params"]["fc"]["kernel"].shape == (2048, 10)
+    assert record["kind"] == "hub"

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import resnext_jax
 from resnext_jax import bundle as rx_bundle
+from resnext_jax import hub as rx_hub
 from resnext_jax.convert import TORCH_SUFFIXES
 
 from train import workdir as workdir_lib
@@ -39,15 +40,16 @@ def _fail(value, rule):
 
 
 _KINDS = ("a .safetensors or .pth/.pt weights file, a model bundle "
-          "directory (model.json + weights.safetensors) or a training "
-          "workdir (its model/ bundle)")
+          "directory (model.json + weights.safetensors), a training "
+          "workdir (its model/ bundle) or the name of published weights "
+          "(e.g. resnext50_32x4d.tv_in1k, see resnext_jax.hub)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     """A pretrained source, found and described but not yet read."""
     given: str  # config.init_from as written
-    kind: str  # "weights", "bundle" or "workdir"
+    kind: str  # "weights", "bundle", "workdir" or "hub"
     weights: pathlib.Path  # the tensor file
     # The eval spec the weights expect (a bundle's own; for a weights file
     # the registry's, see resnext_jax.pretrained_cfg); None if unknown.
@@ -84,6 +86,15 @@ def find_source(config: ml_collections.ConfigDict) -> Source:
     """``config.init_from`` as a :class:`Source`."""
     given = config.init_from
     path = pathlib.Path(given).expanduser()
+    published = None if path.exists() else rx_hub.resolve_name(given)
+    if published is not None:
+        try:
+            downloaded = pathlib.Path(rx_hub.download(published))
+        except (OSError, ImportError) as e:
+            _fail(given, f"names published weights that could not be "
+                  f"read: {e}")
+        return Source(given, "hub", downloaded,
+                      rx_hub.preprocessing_of(published))
     if not path.exists():
         _fail(given, f"does not exist; give {_KINDS}.")
     if path.is_dir():
