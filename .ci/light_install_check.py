@@ -16,8 +16,9 @@ from PIL import Image
 
 import resnext_jax as rx
 
+# tqdm is not listed: huggingface_hub (pretrained weights by name) needs it.
 ABSENT = ("train", "configs", "tensorflow", "tensorflow_datasets", "sklearn",
-          "matplotlib", "tensorboardX", "ml_collections", "tqdm", "torch")
+          "matplotlib", "tensorboardX", "ml_collections", "torch")
 present = [m for m in ABSENT if importlib.util.find_spec(m) is not None]
 assert not present, f"installed without extras: {present}"
 
