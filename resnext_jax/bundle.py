@@ -107,9 +107,9 @@ def save_pretrained(directory: str | os.PathLike, model: ResNeXt,
     refused with :class:`FileExistsError`: it is never emptied. The files
     are written to a temporary directory beside it first, then each takes
     its place in one rename: a kill at any moment leaves a whole file, old
-    or new, never a truncated one. ``model_name`` (a registry name) is recorded for
-    people; the model is rebuilt from its fields. ``extra`` (JSON values,
-    e.g. the step) is recorded under ``"extra"``.
+    or new, never a truncated one. ``model_name`` (a registry name) is
+    recorded for people; the model is rebuilt from its fields. ``extra``
+    (JSON values, e.g. the step) is recorded under ``"extra"``.
     """
     directory = pathlib.Path(directory)
     _check_replaceable(directory)
@@ -132,8 +132,7 @@ def save_pretrained(directory: str | os.PathLike, model: ResNeXt,
     try:
         save_safetensors(variables, model, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        for file in _OWN_FILES:
-            os.chmod(tmp / file, umask_mode(0o666))
+        # The files have the umask's mode already; mkdtemp's 0700 does not.
         os.chmod(tmp, umask_mode(0o777))
         if directory.is_dir() and any(directory.iterdir()):
             _replace_own_files(tmp, directory)

@@ -22,10 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.blocks import (EXPANSION, Bottleneck, bottleneck_width,
+from resnext_jax.blocks import (Bottleneck, bottleneck_width,
                                 eca_kernel_size, make_divisible)
 from resnext_jax.conv import GroupedConv
-from resnext_jax.models import (DEEP_STEM_WIDTHS, STAGE_PLANES, STAGE_STRIDES,
+from resnext_jax.models import (DEEP_STEM_WIDTHS, STAGE_PLANES,
                                 STEM_FEATURES, ResNeXt, model_config)
 
 
@@ -159,13 +159,15 @@ def _analytic_counts(model: ResNeXt, image_size: int) -> tuple[int, int]:
     :func:`count_flops`'s convention (convolutions and the classifier only;
     BN, pooling and the gates are free). Block forms A, B and C have the
     same counts, as do ``avg_down`` and the dtypes."""
-    block_cls = getattr(model, "block_cls", Bottleneck)
-    if block_cls is not Bottleneck:
+    if model.block_cls is not Bottleneck:
         # A custom block may compute anything; only a trace can count it.
         raise ValueError(
             f"closed-form counts know the stock Bottleneck, not block_cls="
-            f"{block_cls!r}; use count_params and count_flops.")
-    expansion = getattr(model, "expansion", EXPANSION)
+            f"{model.block_cls!r}; use count_params and count_flops.")
+    if model.features_only:
+        raise ValueError("closed-form counts are of the whole classifier, "
+                         "not a features_only backbone; use count_params "
+                         "and count_flops.")
     params = macs = 0
     h = image_size
     # Stem; every BN has a scale and a bias.
@@ -189,15 +191,18 @@ def _analytic_counts(model: ResNeXt, image_size: int) -> tuple[int, int]:
     params += 2 * STEM_FEATURES
 
     cin = STEM_FEATURES
-    for i, num_blocks in enumerate(model.stage_sizes):
+    # The model's own strides: output_stride turns late strides into
+    # dilation, which keeps the maps larger and costs no more per pixel.
+    for i, (num_blocks, (stage_stride, _, _)) in enumerate(zip(
+            model.stage_sizes, model.stage_plan())):
         planes = STAGE_PLANES[model.stem][i]
         width = (model.stage_widths[i] if model.stage_widths is not None else
                  bottleneck_width(planes, model.cardinality,
                                   model.base_width))
         group_in = width // model.cardinality
-        out = planes * expansion
+        out = planes * model.expansion
         for j in range(num_blocks):
-            stride = STAGE_STRIDES[model.stem][i] if j == 0 else 1
+            stride = stage_stride if j == 0 else 1
             ho = _out_size(h, stride)
             # conv1 (1x1), conv2 (grouped 3x3 with the stride), conv3 (1x1),
             # and bn1, bn2, bn3.

@@ -163,8 +163,7 @@ def download(name: str) -> str:
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
         return hf_hub_download(repo, WEIGHTS_FILE, endpoint=endpoint)
-    except LocalEntryNotFoundError as e:
-        del e  # Its text repeats this one's.
+    except LocalEntryNotFoundError:
         raise OSError(
             f"cannot download {WEIGHTS_FILE} of {repo} (no network, or "
             "HF_HUB_OFFLINE set) and it is not in the cache. Connect (or "

@@ -165,6 +165,8 @@ class ResNeXt(nn.Module):
 
     def _validate(self):
         check_float_dtype("dtype", self.dtype)
+        check_float_dtype("param_dtype", self.param_dtype)
+        check_batchnorm_constants(self.bn_momentum, self.bn_epsilon)
         check_drop_path_rate(self.drop_path_rate)
         if not isinstance(self.features_only, bool):
             raise ValueError(f"features_only (={self.features_only!r}) must "
@@ -192,8 +194,6 @@ class ResNeXt(nn.Module):
                 and issubclass(self.block_cls, nn.Module)):
             raise ValueError(f"block_cls (={self.block_cls!r}) must be a "
                              "flax module class, e.g. a Bottleneck subclass.")
-        check_float_dtype("param_dtype", self.param_dtype)
-        check_batchnorm_constants(self.bn_momentum, self.bn_epsilon)
         if self.stem not in STEMS:
             raise ValueError(
                 f"stem={self.stem!r} is not a known stem; choose one of "
@@ -274,7 +274,7 @@ class ResNeXt(nn.Module):
                  "reduction": 2 if self.stem == "imagenet" else 1,
                  "module": "act1"}]
         for i, (planes, (_, _, reduction)) in enumerate(zip(
-                STAGE_PLANES[self.stem], self._stage_plan())):
+                STAGE_PLANES[self.stem], self.stage_plan())):
             info.append({"index": i + 1, "num_chs": planes * self.expansion,
                          "reduction": reduction, "module": f"layer{i + 1}"})
         return [info[i] for i in self._map_indices()]
@@ -285,7 +285,7 @@ class ResNeXt(nn.Module):
             return tuple(self.out_indices)
         return tuple(range(len(self.stage_sizes) + 1))
 
-    def _stage_plan(self) -> list[tuple[int, int, int]]:
+    def stage_plan(self) -> list[tuple[int, int, int]]:
         """``(stride, dilation, reduction)`` of each stage: past
         ``output_stride``, a stage's stride becomes dilation (timm's
         ``make_blocks``)."""
@@ -332,7 +332,7 @@ class ResNeXt(nn.Module):
                      if self.remat == "block" else self.block_cls)
         total, index, previous_dilation = sum(self.stage_sizes), 0, 1
         for i, (num_blocks, (stride, dilation, _)) in enumerate(zip(
-                self.stage_sizes, self._stage_plan())):
+                self.stage_sizes, self.stage_plan())):
             for j in range(num_blocks):
                 yield i + 1, f"layer{i + 1}_{j}", j == num_blocks - 1, (
                     functools.partial(

@@ -32,7 +32,8 @@ RESIZE_SIZE = 256
 CROP_SIZE = 224
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # Above this many pixels after the resize, only the crop's source region is
-# resized (the same pixels up to rounding at its edges): 64 ImageNet-size resizes.
+# resized (the same pixels up to rounding at its edges): 64 ImageNet-size
+# resizes.
 MAX_RESIZED_PIXELS = 64 * RESIZE_SIZE * RESIZE_SIZE
 _EXIF_ORIENTATION = 0x0112
 

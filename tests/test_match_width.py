@@ -1,7 +1,6 @@
 """rx.match_width, the closed-form counts it searches with, and
 resnext-summary --model-kwargs."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -115,18 +114,20 @@ def test_closed_form_matches_traced_counts(name, overrides, size):
 
 
 def test_closed_form_follows_expansion():
-    if "expansion" not in {f.name for f in dataclasses.fields(rx.ResNeXt)}:
-        pytest.skip("this ResNeXt has no expansion field")
     model = rx.create_model("resnext29_32x4d", expansion=2)
     size = 32
     assert _traced(model, size) == (analytic_params(model),
                                     analytic_macs(model, size))
 
 
-def test_closed_form_refuses_custom_blocks():
-    if "block_cls" not in {f.name for f in dataclasses.fields(rx.ResNeXt)}:
-        pytest.skip("this ResNeXt has no block_cls field")
+def test_closed_form_follows_output_stride():
+    model = rx.create_model("resnext50_32x4d", output_stride=8)
+    size = 64
+    assert _traced(model, size) == (analytic_params(model),
+                                    analytic_macs(model, size))
 
+
+def test_closed_form_refuses_custom_blocks():
     class Custom(rx.Bottleneck):
         pass
 

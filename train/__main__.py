@@ -5,8 +5,9 @@ Any config field can be overridden: ``--config.batch_size=64``.
 
 Exit status: 0 when the run completes or stops at ``num_train_steps``; 143
 after SIGTERM (preemption) and 130 after Ctrl-C, with a checkpoint saved:
-run the same command to resume (a second Ctrl-C aborts at once, also 130); 2 with a one-line ``error:`` for a bad command line (an unknown
-config field, a missing config file, a value of the wrong type); 1 with a
+run the same command to resume (a second Ctrl-C aborts at once, also 130);
+2 with a one-line ``error:`` for a bad command line (an unknown config
+field, a missing config file, a value of the wrong type); 1 with a
 one-line ``error:`` for a bad config value, too many non-finite steps, a
 workdir that is not usable, in use, of another run, or with no readable
 checkpoint.

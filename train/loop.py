@@ -412,8 +412,8 @@ def _lock_workdir(run: Run, resources: contextlib.ExitStack) -> None:
 
 def _restore(run: Run, checkpoints: checkpoint.Checkpointer):
     """``(state, best accuracy, step directory or None)``: the newest
-    intact checkpoint's, or a fresh state (refused where checkpoints were lost, see
-    :func:`train.workdir.check_fresh_start`)."""
+    intact checkpoint's, or a fresh state (refused where checkpoints were
+    lost, see :func:`train.workdir.check_fresh_start`)."""
     state = run.init_state()
     restored = checkpoints.restore_latest(state)
     if restored is None:

@@ -63,7 +63,8 @@ class PreemptionWatcher:
         self._requested = True
 
     def requested(self, step: int) -> bool:
-        """True once any process got SIGTERM or SIGINT, checked after step ``step``.
+        """True once any process got SIGTERM or SIGINT, checked after step
+        ``step``.
 
         With several processes this is a collective at every
         :data:`SYNC_EVERY_STEPS`-th step (all processes call it after every
