@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from resnext_jax import conv as conv_lib
+from resnext_jax.layers import conv as conv_lib
 
 # (height, channels) of the grouped 3x3 in each stage of ResNeXt-50 32x4d.
 STAGES = [(56, 128), (28, 256), (14, 512), (7, 1024)]

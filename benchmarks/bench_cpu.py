@@ -9,7 +9,7 @@ One command measures, on this machine and in one run:
   resident high-water mark, reset with ``/proc/self/clear_refs``).
   torchvision runs twice: with glibc's default malloc, as a user
   runs it, and with the malloc settings our entry points apply
-  (``resnext_jax.configure_malloc``), so that the comparison can be read
+  (``resnext_jax.runtime.malloc``), so that the comparison can be read
   either way.
 * ``components``: where the train step's time goes, ours and torchvision's:
   forward+backward of every convolution, BatchNorm(+ReLU)(+add) and
@@ -112,7 +112,7 @@ def worker_jax_step(spec):
     batch, size = spec["batch"], spec["size"]
     images, labels, variables = synthetic_inputs(model, size, batch)
     params, stats = variables["params"], variables["batch_stats"]
-    out = dict(framework="jax", lowering=rx.resolve_conv_impl("auto"))
+    out = dict(framework="jax", lowering=rx.layers.resolve_conv_impl("auto"))
     if spec["mode"] == "infer":
         infer = jax.jit(lambda p, s, x: model.apply(
             {"params": p, "batch_stats": s}, x, train=False))
@@ -157,7 +157,7 @@ def _torch_model(spec):
     name = spec["model"]
     if hasattr(torchvision.models, name) and not spec.get("model_kwargs"):
         return getattr(torchvision.models, name)(), 1000
-    config = rx.model_config(name)
+    config = rx.models.model_config(name)
     if config.get("stem") == "cifar" and not spec.get("model_kwargs"):
         return _torch_cifar_resnext29(
             config["cardinality"], config["base_width"],
@@ -198,8 +198,9 @@ def _record_layers(model, batch, size):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from resnext_jax import conv, models  # pylint: disable=import-outside-toplevel
-    from resnext_jax.batchnorm import BatchNorm  # pylint: disable=import-outside-toplevel
+    from resnext_jax.layers import conv
+    from resnext_jax.models import resnext as models  # pylint: disable=import-outside-toplevel
+    from resnext_jax.layers.batchnorm import BatchNorm  # pylint: disable=import-outside-toplevel
 
     layers = []
 
@@ -250,8 +251,8 @@ def worker_jax_components(spec):
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import optax  # pylint: disable=import-outside-toplevel
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
-    from resnext_jax import conv  # pylint: disable=import-outside-toplevel
-    from resnext_jax.batchnorm import BatchNorm  # pylint: disable=import-outside-toplevel
+    from resnext_jax.layers import conv  # pylint: disable=import-outside-toplevel
+    from resnext_jax.layers.batchnorm import BatchNorm  # pylint: disable=import-outside-toplevel
 
     model = _jax_model(spec)
     layers = _record_layers(model, spec["batch"], spec["size"])
@@ -428,10 +429,10 @@ WORKERS = {
 def worker_main(spec: dict) -> None:
     if spec.get("malloc", True):
         # Before jax or torch start their threads.
-        from resnext_jax.malloc import configure_malloc  # pylint: disable=import-outside-toplevel
+        from resnext_jax.runtime.malloc import configure_malloc  # pylint: disable=import-outside-toplevel
         configure_malloc()
     if spec["framework"] == "jax":
-        from resnext_jax.compilation_cache import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+        from resnext_jax.runtime.compilation_cache import enable_compilation_cache  # pylint: disable=import-outside-toplevel
         enable_compilation_cache(spec.get("cache_dir"))
     result = WORKERS[(spec["framework"], spec["task"])](spec)
     print("RESULT " + json.dumps(dict(spec=spec, **result)), flush=True)

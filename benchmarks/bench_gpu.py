@@ -205,7 +205,7 @@ def _conv_variants(chunks: list[int], backward: bool) -> list[tuple]:
 
 def _time_jax_conv(x, kernel, cot, impl, chunk, backward, args):
     def forward(x, k):
-        return rx.grouped_conv(x, k, padding=((1, 1), (1, 1)), groups=GROUPS,
+        return rx.layers.grouped_conv(x, k, padding=((1, 1), (1, 1)), groups=GROUPS,
                                impl=impl, chunk_groups=chunk)
 
     if backward:
@@ -395,7 +395,7 @@ def _bench_jax_model(args, impl, dtype, batch, mode):
 def _torchvision_model(torch, torchvision, args):
     """torchvision's model of the same architecture (smoke sizes too)."""
     from torchvision.models import resnet  # pylint: disable=import-outside-toplevel
-    config = rx.model_config(args.model)
+    config = rx.models.model_config(args.model)
     config.update(args.model_kwargs)
     return resnet.ResNet(
         resnet.Bottleneck, list(config["stage_sizes"]),
@@ -611,7 +611,7 @@ def parse_args(argv=None):
                         help="divide the stage widths (smoke runs)")
     parser.add_argument("--check-batch", type=int, default=8)
     parser.add_argument("--check-impls", type=_str_list,
-                        default=list(rx.CONV_IMPLS),
+                        default=list(rx.layers.CONV_IMPLS),
                         help="lowerings compared with xla in the check part")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--train-iters", type=int, default=10)
@@ -629,9 +629,9 @@ def parse_args(argv=None):
     if not args.modes or set(args.modes) - {"train", "infer"}:
         parser.error(f"--modes {args.modes} must be train and/or infer")
     for impl in args.model_impls + args.check_impls:
-        if impl not in rx.CONV_IMPLS:
+        if impl not in rx.layers.CONV_IMPLS:
             parser.error(f"lowering {impl!r} is not one of "
-                         f"{rx.CONV_IMPLS}")
+                         f"{rx.layers.CONV_IMPLS}")
     if args.smoke:
         args.model_kwargs = {"stage_sizes": [1, 1, 1, 1], "cardinality": 8,
                              "base_width": 2, **args.model_kwargs}

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 
 import resnext_jax as rx
-from resnext_jax import export as rx_export
-from resnext_jax import serving
-from resnext_jax.convert import parse_model_kwargs
+from resnext_jax.inference import export as rx_export
+from resnext_jax.inference import serving
+from resnext_jax.models.registry import parse_model_kwargs
 
 
 def system_info() -> dict:

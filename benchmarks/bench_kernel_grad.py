@@ -5,7 +5,7 @@ ResNeXt-29 8x64d (grouped or not, stride 1 or 2), times the gradient with
 respect to the kernel alone, computed by XLA (the gradient of the dense or
 block-diagonal chunk convolutions) and as one batched GEMM over image
 patches, and says which of the two the ``dense`` lowering uses
-(``resnext_jax.conv._patches_kernel_grad_is_faster``). Prints a table and
+(``resnext_jax.layers.conv._patches_kernel_grad_is_faster``). Prints a table and
 writes JSON.
 
     python benchmarks/bench_kernel_grad.py --batch-size 16
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from bench_conv import median_seconds  # this folder, on sys.path as a script
-from resnext_jax import conv as conv_lib
-from resnext_jax.malloc import configure_malloc
+from resnext_jax.layers import conv as conv_lib
+from resnext_jax.runtime.malloc import configure_malloc
 
 # (model, height, channels, groups, stride) of each distinct 3x3 conv.
 SHAPES = [

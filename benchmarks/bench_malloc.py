@@ -1,7 +1,7 @@
 """Train-step time and memory under each malloc setting, in alternating
 fresh processes (``resnext_jax/malloc.py``).
 
-Settings: ``arena`` (``rx.configure_malloc()``: one arena that keeps freed
+Settings: ``arena`` (``resnext_jax.runtime.malloc.configure_malloc()``: one arena that keeps freed
 memory, what our entry points set), ``huge`` (transparent huge pages for
 malloc, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, glibc 2.35 or newer)
 and ``default`` (glibc's defaults). Each process times
@@ -37,10 +37,12 @@ def worker(args) -> dict:
 
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
     if args.worker == "arena":
-        rx.configure_malloc()
+        from resnext_jax.runtime.malloc import configure_malloc  # pylint: disable=import-outside-toplevel
+        configure_malloc()
     from bench_throughput import sgd_train_step, synthetic_inputs  # pylint: disable=import-outside-toplevel
 
-    rx.enable_compilation_cache()
+    from resnext_jax.runtime.compilation_cache import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+    enable_compilation_cache()
     model = rx.create_model(args.model)
     images, labels, variables = synthetic_inputs(
         model, args.image_size, args.batch_size)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 import resnext_jax as rx
+from resnext_jax.runtime import prepare_process
 
 TORCH_MODELS = {"resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
                 "resnet50", "resnet101", "resnet152"}
@@ -121,7 +122,7 @@ def bench_jax(name: str, impl: str, batch: int, size: int, dtype: str,
         lambda: infer(params, stats, images).block_until_ready(), runs,
         warmup)
     result = dict(framework="jax", model=name, impl=impl,
-                  resolved_impl=rx.resolve_conv_impl(impl), dtype=dtype,
+                  resolved_impl=rx.layers.resolve_conv_impl(impl), dtype=dtype,
                   batch=batch, infer_img_s=batch / sec,
                   infer_compile_s=first)
     if not do_train:
@@ -237,8 +238,7 @@ def main(argv=None) -> int:
     # As the library's entry points run: malloc that reuses XLA:CPU's step
     # buffers (torchvision, in this process, gets it too) and the
     # persistent compilation cache.
-    rx.configure_malloc()
-    rx.enable_compilation_cache()
+    prepare_process()
     info = cpu_description()
     print(f"CPU: {info['cpu']}; {info['affinity']} usable of "
           f"{info['logical_cpus']} logical CPUs; jax {info['jax']} "

@@ -95,10 +95,10 @@ def profile(args) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
 
     import resnext_jax as rx  # pylint: disable=import-outside-toplevel
+    from resnext_jax.runtime import prepare_process  # pylint: disable=import-outside-toplevel
     from bench_throughput import sgd_train_step, synthetic_inputs  # pylint: disable=import-outside-toplevel
 
-    rx.configure_malloc()
-    rx.enable_compilation_cache()
+    prepare_process()
     model = rx.create_model(args.model, **args.model_kwargs)
     images, labels, variables = synthetic_inputs(
         model, args.image_size, args.batch_size)
@@ -114,7 +114,7 @@ def profile(args) -> dict:
             loss.block_until_ready()
     step_ms = (time.perf_counter() - start) * 1e3 / args.steps
     summary = summarize(_trace_events(trace_dir), args.steps)
-    return dict(args=vars(args), lowering=rx.resolve_conv_impl("auto"),
+    return dict(args=vars(args), lowering=rx.layers.resolve_conv_impl("auto"),
                 step_ms_traced=step_ms, trace_dir=str(trace_dir), **summary)
 
 

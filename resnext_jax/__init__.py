@@ -2,73 +2,46 @@
 
 Reference: "Aggregated Residual Transformations for Deep Neural Networks",
 https://arxiv.org/abs/1611.05431
+
+The names here cover what a user does; the subpackages hold the rest:
+:mod:`~resnext_jax.layers` (the grouped convolution, BatchNorm),
+:mod:`~resnext_jax.models` (the network, its block, the registry, counts),
+:mod:`~resnext_jax.weights` (pretrained weights, bundles, state dicts, block
+forms) and :mod:`~resnext_jax.inference` (preprocessing, prediction,
+export, serving).
 """
 
 # The one version number: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
-from resnext_jax.blocks import ATTN_LAYERS
-from resnext_jax.blocks import BLOCK_FORMS
-from resnext_jax.blocks import Bottleneck
-from resnext_jax.block_forms import convert_block_form
-from resnext_jax.bundle import Pretrained
-from resnext_jax.bundle import load_pretrained
-from resnext_jax.bundle import save_pretrained
-from resnext_jax.compilation_cache import enable_compilation_cache
-from resnext_jax.batchnorm import BN_IMPLS
-from resnext_jax.conv import CONV_IMPLS
-from resnext_jax.conv import GroupedConv
-from resnext_jax.conv import grouped_conv
-from resnext_jax.conv import resolve_conv_impl
-from resnext_jax.convert import StateDictMismatchError
-from resnext_jax.convert import load_torch_state_dict
-from resnext_jax.convert import read_state_dict
-from resnext_jax.convert import save_safetensors
-from resnext_jax.convert import to_torch_state_dict
-from resnext_jax.models import STEM_TYPES
-from resnext_jax.models import ResNeXt
-from resnext_jax.models import create_model
-from resnext_jax.models import init_variables
-from resnext_jax.models import list_models
-from resnext_jax.models import model_config
-from resnext_jax.malloc import configure_malloc
-from resnext_jax.counting import count_flops
-from resnext_jax.counting import count_params
-from resnext_jax.counting import match_width
-from resnext_jax.counting import summarize
-from resnext_jax.preprocessing import Preprocessing
-from resnext_jax.pretrained_cfg import pretrained_preprocessing
+from resnext_jax import inference, layers, models, weights
+from resnext_jax.inference.export import export_model
+from resnext_jax.inference.preprocessing import Preprocessing
+from resnext_jax.models.blocks import Bottleneck
+from resnext_jax.models.counting import match_width, summarize
+from resnext_jax.models.registry import create_model, init_variables
+from resnext_jax.models.registry import list_models
+from resnext_jax.models.resnext import ResNeXt
+from resnext_jax.weights.block_forms import convert_block_form
+from resnext_jax.weights.bundle import load_pretrained, save_pretrained
+from resnext_jax.weights.pretrained import list_pretrained
+from resnext_jax.weights.state_dict import (load_torch_state_dict,
+                                            to_torch_state_dict)
 
 __all__ = (
-    "ATTN_LAYERS",
-    "BLOCK_FORMS",
-    "BN_IMPLS",
     "Bottleneck",
-    "CONV_IMPLS",
-    "GroupedConv",
     "Preprocessing",
-    "Pretrained",
     "ResNeXt",
-    "STEM_TYPES",
-    "StateDictMismatchError",
-    "configure_malloc",
     "convert_block_form",
-    "count_flops",
-    "count_params",
     "create_model",
-    "enable_compilation_cache",
-    "grouped_conv",
+    "export_model",
     "init_variables",
     "list_models",
+    "list_pretrained",
     "load_pretrained",
     "load_torch_state_dict",
     "match_width",
-    "model_config",
-    "pretrained_preprocessing",
-    "read_state_dict",
-    "resolve_conv_impl",
     "save_pretrained",
-    "save_safetensors",
     "summarize",
     "to_torch_state_dict",
 )

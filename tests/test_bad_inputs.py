@@ -12,7 +12,12 @@ from conftest import random_variables, tiny_model
 from PIL import Image
 
 import resnext_jax as rx
-from resnext_jax import export, predict, serving, summary, to_safetensors
+from resnext_jax.inference import export
+from resnext_jax.inference import predict
+from resnext_jax.commands import predict as predict_command
+from resnext_jax.inference import serving
+from resnext_jax.commands import summary
+from resnext_jax.commands import to_safetensors
 
 TINY_KWARGS = json.dumps(
     {"stage_sizes": [1, 1, 1, 1], "cardinality": 4, "base_width": 4,
@@ -26,7 +31,7 @@ def tiny(tmp_path_factory):
     model = tiny_model()
     variables = random_variables(model, seed=3)
     weights = root / "tiny.safetensors"
-    rx.save_safetensors(variables, model, weights)
+    rx.weights.save_safetensors(variables, model, weights)
     return model, variables, str(weights), root
 
 
@@ -86,7 +91,7 @@ def test_predict_answers_the_good_images_and_names_the_bad(
     missing = tmp_path / "missing.png"
     paths = [str(p) for p in (truncated, good, text, folder, missing)]
     with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+        predict_command.main(["--model", "resnext50_32x4d", "--model-kwargs",
                       TINY_KWARGS, "--weights", weights, "--json", *SIZES,
                       *paths])
     assert "4 of 5 image(s) could not be read" in str(exit_info.value)
@@ -113,9 +118,9 @@ def test_damaged_safetensors_names_the_file(tmp_path, tiny, damage):
                      else data[:len(data) // 2])
     with pytest.raises(ValueError, match=r"damaged\.safetensors.*not a "
                        r"readable \.safetensors"):
-        rx.read_state_dict(path)
+        rx.weights.read_state_dict(path)
     with pytest.raises(SystemExit, match=r"^error: .*damaged\.safetensors"):
-        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+        predict_command.main(["--model", "resnext50_32x4d", "--model-kwargs",
                       TINY_KWARGS, "--weights", str(path), "x.png"])
 
 
@@ -149,7 +154,7 @@ def test_image_size_must_be_positive(capsys):
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match=r"image_size \(=.*\) must be a "
                            "positive integer"):
-            rx.count_flops(model, image_size=bad)
+            rx.models.count_macs(model, image_size=bad)
     with pytest.raises(ValueError, match="image_size"):
         rx.summarize(model, image_size=0)
     with pytest.raises(SystemExit):
@@ -176,7 +181,7 @@ def test_predict_refuses_an_integer_dtype_in_one_line(tiny, capsys):
     kwargs = json.dumps({**json.loads(TINY_KWARGS), "dtype": "int8"})
     with pytest.raises(SystemExit, match=r"^error: .*dtype \(=.*int8.*\) must "
                        "be a floating type"):
-        predict.main(["--model", "resnext50_32x4d", "--model-kwargs", kwargs,
+        predict_command.main(["--model", "resnext50_32x4d", "--model-kwargs", kwargs,
                       "--weights", weights, "x.png"])
 
 
@@ -237,7 +242,7 @@ def test_a_very_long_image_is_bounded_work(tmp_path):
         0, 256, (1, 20000), np.uint8)).save(long)
     # The peak resident memory of a fresh process (VmHWM; ru_maxrss would
     # include the parent's from before the exec).
-    code = ("import re, sys; from resnext_jax import serving; "
+    code = ("import re, sys; from resnext_jax.inference import serving; "
             "x = serving.load_image(sys.argv[1]); assert x.shape == "
             "(224, 224, 3), x.shape; print(re.search(r'VmHWM:\\s+(\\d+)', "
             "open('/proc/self/status').read()).group(1))")
@@ -272,7 +277,7 @@ def test_serving_command_errors_are_one_line(tmp_path, tiny):
     text.write_text("not an image")
 
     def serve(*args):
-        return subprocess.run([sys.executable, serving.__file__, *map(
+        return subprocess.run([sys.executable, "-m", "resnext_jax.commands.serve", *map(
             str, args)], capture_output=True, text=True, cwd=tmp_path)
 
     for export_file, message in [(tmp_path / "missing.rxexport",
@@ -295,7 +300,7 @@ def test_serving_command_errors_are_one_line(tmp_path, tiny):
 def test_predict_counts_must_be_positive(tiny, option, capsys):
     _, _, weights, _ = tiny
     with pytest.raises(SystemExit) as error:
-        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+        predict_command.main(["--model", "resnext50_32x4d", "--model-kwargs",
                       TINY_KWARGS, "--weights", weights, option, "0",
                       "x.png"])
     assert error.value.code == 2
@@ -308,7 +313,7 @@ def test_labels_file_that_is_not_utf8_is_named(tiny, tmp_path):
     labels.write_bytes("caf\xe9\n".encode("latin-1") * 7)
     with pytest.raises(SystemExit, match=r"^error: labels file .*labels\.txt"
                        r"' is not UTF-8 text \(byte 0xe9"):
-        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+        predict_command.main(["--model", "resnext50_32x4d", "--model-kwargs",
                       TINY_KWARGS, "--weights", weights, "--labels",
                       str(labels), "x.png"])
 
@@ -317,7 +322,7 @@ def test_output_piped_into_head_is_not_a_traceback():
     """``resnext-summary --list | head -1``: the reader leaves early (here
     before the first line is written)."""
     code = ("import sys; sys.argv = ['resnext-summary', '--list']; "
-            "from resnext_jax import summary; sys.exit(summary.main())")
+            "from resnext_jax.commands import summary; sys.exit(summary.main())")
     child = subprocess.Popen([sys.executable, "-c", code],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
@@ -341,12 +346,12 @@ def test_unreadable_torch_file_is_named_in_one_line(tmp_path, kind, capsys):
         path.write_bytes(path.read_bytes()[:200])
         message = "is not a readable PyTorch checkpoint"
     with pytest.raises(ValueError, match=rf"bad\.pth' {message}"):
-        rx.read_state_dict(path)
+        rx.weights.read_state_dict(path)
     with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth' {message}"):
         to_safetensors.main(["--model", "resnext50_32x4d", str(path),
                              str(tmp_path / "out.safetensors")])
     with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth' {message}"):
-        predict.main(["--model", "resnext50_32x4d", "--weights", str(path),
+        predict_command.main(["--model", "resnext50_32x4d", "--weights", str(path),
                       "x.png"])
     assert not (tmp_path / "out.safetensors").exists()
 

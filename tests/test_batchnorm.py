@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnext_jax.batchnorm import BN_IMPLS, BatchNorm
+from resnext_jax.layers.batchnorm import BN_IMPLS, BatchNorm
 from train_helpers import run_python
 
 SHAPE = (4, 6, 5, 16)

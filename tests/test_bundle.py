@@ -12,7 +12,9 @@ from conftest import random_variables, small_cifar_model, tiny_model
 from PIL import Image
 
 import resnext_jax as rx
-from resnext_jax import bundle, export, serving
+from resnext_jax.weights import bundle
+from resnext_jax.inference import export
+from resnext_jax.inference import serving
 
 LABELS = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 
@@ -44,7 +46,7 @@ def test_bundle_round_trip_is_exact(tmp_path, make, overrides):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         "model.json", "weights.safetensors"]
     loaded = rx.load_pretrained(tmp_path / "b")
-    assert isinstance(loaded, rx.Pretrained)
+    assert isinstance(loaded, rx.weights.Pretrained)
     assert loaded.model == model.clone(axis_name=None)
     assert loaded.preprocessing == spec
     assert loaded.class_names == LABELS
@@ -129,7 +131,7 @@ def test_bundle_permissions_follow_the_umask(tmp_path):
 def test_weights_file_with_a_model_name(tmp_path):
     model = tiny_model()
     variables = random_variables(model)
-    rx.save_safetensors(variables, model, tmp_path / "w.safetensors")
+    rx.weights.save_safetensors(variables, model, tmp_path / "w.safetensors")
     kwargs = dict(stage_sizes=(1, 1, 1, 1), cardinality=4, base_width=4)
     loaded = rx.load_pretrained(tmp_path / "w.safetensors",
                                 "resnext50_32x4d", **kwargs)
@@ -148,7 +150,7 @@ def test_weights_file_of_a_timm_model_gets_timms_preprocessing(tmp_path):
                   num_classes=7)
     model = rx.create_model("seresnext101_32x8d", **kwargs)
     variables = random_variables(model)
-    rx.save_safetensors(variables, model, tmp_path / "w.safetensors")
+    rx.weights.save_safetensors(variables, model, tmp_path / "w.safetensors")
     loaded = rx.load_pretrained(tmp_path / "w.safetensors",
                                 "seresnext101_32x8d", **kwargs)
     assert loaded.preprocessing == rx.Preprocessing(

@@ -10,7 +10,7 @@ from PIL import Image
 import numpy as np
 
 import resnext_jax as rx
-from resnext_jax import compilation_cache
+from resnext_jax.runtime import compilation_cache
 
 KWARGS = ('{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, "base_width": 4, '
           '"num_classes": 7}')
@@ -23,13 +23,13 @@ def _cached_files(folder):
 def test_predict_fills_the_cache_and_reuses_it(tmp_path):
     model = tiny_model()
     weights = tmp_path / "tiny.safetensors"
-    rx.save_safetensors(random_variables(model, seed=1), model, weights)
+    rx.weights.save_safetensors(random_variables(model, seed=1), model, weights)
     image = tmp_path / "a.png"
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
     cache = tmp_path / "cache"
     env = dict(os.environ, RESNEXT_JAX_CACHE_DIR=str(cache))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    command = [sys.executable, "-m", "resnext_jax.predict", "--model",
+    command = [sys.executable, "-m", "resnext_jax.commands.predict", "--model",
                "resnext50_32x4d", "--model-kwargs", KWARGS, "--weights",
                str(weights), "--resize-size", "40", "--crop-size", "32",
                str(image)]

@@ -9,10 +9,10 @@ import pytest
 from jax import lax
 
 import resnext_jax as rx
-from resnext_jax import conv as conv_lib
+from resnext_jax.layers import conv as conv_lib
 from conftest import random_variables, small_cifar_model, tiny_model
 
-LOWERINGS = [impl for impl in rx.CONV_IMPLS if impl != "auto"]
+LOWERINGS = [impl for impl in rx.layers.CONV_IMPLS if impl != "auto"]
 
 
 def _reference(x, kernel, strides, padding, groups):
@@ -66,7 +66,7 @@ def test_lowering_matches_feature_group_count(case, dtype, impl):
         dx, dk = vjp(cotangent.astype(out.dtype))
         return out, dx, dk
 
-    ours = jax.jit(lambda x, kernel: rx.grouped_conv(
+    ours = jax.jit(lambda x, kernel: rx.layers.grouped_conv(
         x, kernel, strides=(s, s), padding=padding, groups=groups,
         impl=impl))
     theirs = lambda x, kernel: _reference(x, kernel, (s, s), padding, groups)
@@ -126,11 +126,11 @@ def test_chunk_heuristic_divides_groups():
 
 
 def test_auto_resolves_by_platform():
-    assert rx.resolve_conv_impl("auto", platform="cpu") == "dense"
+    assert rx.layers.resolve_conv_impl("auto", platform="cpu") == "dense"
     for platform in ("gpu", "cuda", "rocm", "tpu"):
-        assert rx.resolve_conv_impl("auto", platform=platform) == "xla"
-    assert rx.resolve_conv_impl("xla", platform="cpu") == "xla"
-    assert rx.resolve_conv_impl("dense", platform="tpu") == "dense"
+        assert rx.layers.resolve_conv_impl("auto", platform=platform) == "xla"
+    assert rx.layers.resolve_conv_impl("xla", platform="cpu") == "xla"
+    assert rx.layers.resolve_conv_impl("dense", platform="tpu") == "dense"
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 8])
@@ -139,7 +139,7 @@ def test_hybrid_kernel_gradient_at_every_chunk_size(chunk):
     kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 32))
 
     def kernel_grad(impl, chunk_groups=None):
-        return jax.grad(lambda k: jnp.sum(jnp.sin(rx.grouped_conv(
+        return jax.grad(lambda k: jnp.sum(jnp.sin(rx.layers.grouped_conv(
             x, k, strides=(2, 2), groups=8, impl=impl,
             chunk_groups=chunk_groups))))(kernel)
 
@@ -185,7 +185,7 @@ def test_cpu_jit_compiles_only_the_cpu_lowering():
 def test_grouped_conv_module_params_equal_nn_conv():
     import flax.linen as nn
     x = jnp.ones((1, 6, 6, 16))
-    ours = rx.GroupedConv(32, (3, 3), feature_group_count=4, use_bias=True)
+    ours = rx.layers.GroupedConv(32, (3, 3), feature_group_count=4, use_bias=True)
     theirs = nn.Conv(32, (3, 3), feature_group_count=4, use_bias=True)
     p_ours = ours.init(jax.random.PRNGKey(0), x)
     p_theirs = theirs.init(jax.random.PRNGKey(0), x)
@@ -202,7 +202,7 @@ def test_models_give_same_logits_with_every_lowering(make_model, size):
     x = jax.random.normal(jax.random.PRNGKey(3), (2, size, size, 3))
     variables = random_variables(make_model(), image_size=size, seed=1)
     logits = {impl: jax.jit(make_model(conv_impl=impl).apply)(variables, x)
-              for impl in rx.CONV_IMPLS}
+              for impl in rx.layers.CONV_IMPLS}
     scale = float(jnp.abs(logits["xla"]).max())
     for impl, out in logits.items():
         assert float(jnp.abs(out - logits["xla"]).max()) < 1e-4 * max(scale, 1)
@@ -240,7 +240,7 @@ def test_auto_gradient_is_the_targets_lowering(platform, native_convs):
     kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 32))
 
     def loss(x, k):
-        return jnp.sum(jnp.sin(rx.grouped_conv(x, k, groups=8)))
+        return jnp.sum(jnp.sin(rx.layers.grouped_conv(x, k, groups=8)))
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     exported = jax.export.export(grad, platforms=(platform,))(x, kernel)

@@ -12,7 +12,8 @@ import pytest
 from conftest import random_variables, tiny_model, randomize_batchnorm
 
 import resnext_jax as rx
-from resnext_jax import convert, to_safetensors
+from resnext_jax.weights import state_dict as convert
+from resnext_jax.commands import to_safetensors
 
 
 def _assert_trees_equal(a, b):
@@ -57,11 +58,11 @@ def test_state_dict_names_and_layouts(tiny):
 def test_round_trip_through_safetensors_is_exact(tiny, tmp_path):
     model, variables = tiny
     path = tmp_path / "tiny.safetensors"
-    rx.save_safetensors(variables, model, path)
+    rx.weights.save_safetensors(variables, model, path)
     restored = rx.load_torch_state_dict(str(path), model)
     _assert_trees_equal(restored, variables)
     # The file holds torch's layout and names, readable with numpy alone.
-    state = rx.read_state_dict(path)
+    state = rx.weights.read_state_dict(path)
     reference = rx.to_torch_state_dict(variables, model)
     assert set(state) == set(reference)
     for key, value in reference.items():
@@ -164,11 +165,11 @@ def test_bad_head_arguments(tiny, head, num_classes, match):
 
 def test_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
-        rx.read_state_dict(tmp_path / "nope.safetensors")
+        rx.weights.read_state_dict(tmp_path / "nope.safetensors")
     odd = tmp_path / "weights.h5"
     odd.write_bytes(b"")
     with pytest.raises(ValueError, match="unknown suffix"):
-        rx.read_state_dict(odd)
+        rx.weights.read_state_dict(odd)
 
 
 def test_pth_without_torch_says_what_to_install(tmp_path, monkeypatch):
@@ -184,13 +185,13 @@ def test_pth_without_torch_says_what_to_install(tmp_path, monkeypatch):
     path = tmp_path / "weights.pth"
     path.write_bytes(b"")
     with pytest.raises(ImportError, match="needs PyTorch"):
-        rx.read_state_dict(path)
+        rx.weights.read_state_dict(path)
 
 
 def test_convert_command(tiny, tmp_path, capsys):
     model, variables = tiny
     src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
-    rx.save_safetensors(variables, model, src)
+    rx.weights.save_safetensors(variables, model, src)
     kwargs = '{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, ' \
              '"base_width": 4}'
     to_safetensors.main(["--model", "resnext50_32x4d", "--model-kwargs", kwargs,

@@ -84,7 +84,7 @@ def test_integer_images_rejected():
 
 
 def test_grouped_conv_channels_not_divisible():
-    conv = rx.GroupedConv(features=64, feature_group_count=3)
+    conv = rx.layers.GroupedConv(features=64, feature_group_count=3)
     with pytest.raises(ValueError, match=r"input channels \(=64\) and features "
                        r"\(=64\) must both be divisible by feature_group_count "
                        r"\(=3\)"):

@@ -12,8 +12,10 @@ from conftest import random_variables, tiny_model
 from PIL import Image
 
 import resnext_jax as rx
-from resnext_jax import export, serving
-from resnext_jax.files import umask_mode
+from resnext_jax.inference import export
+from resnext_jax.commands import export as export_command
+from resnext_jax.inference import serving
+from resnext_jax._files import umask_mode
 
 SERVING_PY = pathlib.Path(serving.__file__)
 SIZE = 64
@@ -114,13 +116,13 @@ def test_bad_arguments(tiny, tmp_path):
 
 
 def test_export_command_then_serving_script(tiny, tmp_path, capsys):
-    """The documented path: export from a weights file, serve with the
-    standalone script on an image file."""
+    """The documented path: export from a weights file, serve it with
+    resnext-serve on an image file."""
     model, variables = tiny
     weights = tmp_path / "tiny.safetensors"
-    rx.save_safetensors(variables, model, weights)
+    rx.weights.save_safetensors(variables, model, weights)
     out = tmp_path / "tiny.rxexport"
-    export.main(["--model", "resnext50_32x4d", "--model-kwargs",
+    export_command.main(["--model", "resnext50_32x4d", "--model-kwargs",
                  '{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, '
                  '"base_width": 4}', "--weights", str(weights),
                  "--image-size", str(SIZE), str(out)])
@@ -129,7 +131,8 @@ def test_export_command_then_serving_script(tiny, tmp_path, capsys):
     Image.fromarray(np.random.default_rng(1).integers(
         0, 256, (90, 70, 3), np.uint8)).save(image)
     result = subprocess.run(
-        [sys.executable, str(SERVING_PY), str(out), str(image)],
+        [sys.executable, "-m", "resnext_jax.commands.serve", str(out),
+         str(image)],
         capture_output=True, text=True, check=True, cwd=tmp_path)
     lines = result.stdout.splitlines()
     assert lines[0] == str(image) and len(lines) == 6
@@ -150,10 +153,10 @@ def test_export_never_overwrites_its_input_or_a_stranger(tiny, tmp_path,
                                                          capsys):
     model, variables = tiny
     weights = tmp_path / "w.safetensors"
-    rx.save_safetensors(variables, model, weights)
+    rx.weights.save_safetensors(variables, model, weights)
     original = weights.read_bytes()
     with pytest.raises(SystemExit) as refused:
-        export.main([*_TINY_ARGS, "--weights", str(weights), str(weights)])
+        export_command.main([*_TINY_ARGS, "--weights", str(weights), str(weights)])
     assert refused.value.code == 2
     assert "is the --weights input" in capsys.readouterr().err
     assert weights.read_bytes() == original
@@ -163,12 +166,12 @@ def test_export_never_overwrites_its_input_or_a_stranger(tiny, tmp_path,
     for out, message in [(other, "is not a resnext_jax export"),
                          (tmp_path, "is a directory")]:
         with pytest.raises(SystemExit, match=message):
-            export.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
+            export_command.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
     assert other.read_text() == "mine"
     # An earlier export is replaced whole, with the umask's permissions.
     out = tmp_path / "m.rxexport"
-    export.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
-    export.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
+    export_command.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
+    export_command.main([*_TINY_ARGS, "--weights", str(weights), str(out)])
     assert export.is_export(out)
     assert out.stat().st_mode & 0o777 == umask_mode(0o666)
     assert sorted(p.name for p in tmp_path.iterdir()) == [

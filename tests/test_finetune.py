@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 import resnext_jax as rx
 from configs.finetune_folder import get_config
-from resnext_jax import pretrained_cfg
+from resnext_jax.weights import pretrained as pretrained_cfg
 from train import init_from, loop
 from train.model_factory import build_model
 from train.workdir import ConfigMismatchError
@@ -51,7 +51,7 @@ def _source(path, num_classes=5, seed=1, **fields):
     """A torchvision-named .safetensors file of random weights (random BN
     statistics too, so that nothing is a no-op)."""
     model = _model(num_classes).clone(**fields)
-    rx.save_safetensors(random_variables(model, seed=seed), model, path)
+    rx.weights.save_safetensors(random_variables(model, seed=seed), model, path)
     return path
 
 
@@ -96,7 +96,7 @@ def probed(folder, tmp_path_factory):
 
 
 def test_finetune_from_safetensors_then_predict(probed, folder, capsys):
-    from resnext_jax import predict
+    from resnext_jax.commands import predict as predict_command
 
     workdir, source = probed
     summary = json.loads((workdir / "summary.json").read_text())
@@ -113,7 +113,7 @@ def test_finetune_from_safetensors_then_predict(probed, folder, capsys):
 
     capsys.readouterr()
     images = sorted(str(p) for p in folder.rglob("*.png"))[::5]
-    predict.main(["--workdir", str(workdir), "--json", "--top-k", "3",
+    predict_command.main(["--workdir", str(workdir), "--json", "--top-k", "3",
                   *images])
     results = json.loads(capsys.readouterr().out)
     assert len(results) == len(images)
@@ -250,7 +250,7 @@ def test_timm_table_matches_timm():
         cfg = timm_models.get_pretrained_cfg(name)
         assert (cfg.interpolation, cfg.crop_pct) == (interpolation, crop_pct)
         assert tuple(cfg.mean) == rx.Preprocessing().mean
-    assert rx.pretrained_preprocessing("resnext29_8x64d") is None
+    assert rx.weights.pretrained.pretrained_preprocessing("resnext29_8x64d") is None
     assert set(pretrained_cfg.TIMM_PREPROCESSING).isdisjoint(
         pretrained_cfg.TORCHVISION_NAMES)
 

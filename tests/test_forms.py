@@ -42,7 +42,7 @@ def test_converted_structure(variables_c):
     assert "conv3" in a["branch_0"] and "conv3" not in a
     assert "conv3" not in b["branch_0"] and "conv3" in b
     # Parameter count does not change with the form (paper Sec. 3.3).
-    assert rx.count_params(a) == rx.count_params(
+    assert rx.models.count_params(a) == rx.models.count_params(
         variables_c["params"]["layer2_0"])
 
 

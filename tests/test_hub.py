@@ -11,7 +11,8 @@ import pytest
 from conftest import randomize
 
 import resnext_jax as rx
-from resnext_jax import hub, predict
+from resnext_jax.weights import pretrained as hub
+from resnext_jax.commands import predict as predict_command
 
 NAME = "resnext50_32x4d.tv_in1k"
 # A small ResNeXt-50 (one block per stage): the file the server hands out
@@ -62,7 +63,7 @@ def local_hub(tmp_path, monkeypatch):
     model = rx.create_model("resnext50_32x4d", **SMALL)
     variables = randomize(jax.eval_shape(
         lambda: rx.init_variables(model, 0, 32)), seed=3)
-    rx.save_safetensors(variables, model, tmp_path / "w.safetensors")
+    rx.weights.save_safetensors(variables, model, tmp_path / "w.safetensors")
     handler = type("Hub", (_Hub,), {
         "files": {f"/timm/{NAME}/resolve/main/model.safetensors":
                   (tmp_path / "w.safetensors").read_bytes()},
@@ -137,7 +138,7 @@ def test_predict_takes_published_weights_by_name(local_hub, tmp_path,
     from PIL import Image
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(image)
-    predict.main(["--pretrained", NAME, "--model-kwargs",
+    predict_command.main(["--pretrained", NAME, "--model-kwargs",
                   '{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, '
                   '"base_width": 4}', "--crop-size", "32", "--top-k", "2",
                   str(image)])

@@ -4,13 +4,13 @@ size of a train step's temporaries is not faulted in again on every step."""
 import json
 import os
 
-from resnext_jax import malloc
+from resnext_jax.runtime import malloc
 from train_helpers import run_python
 
 _FAULTS = r"""
 import ctypes, json, resource
-import resnext_jax
-configured = resnext_jax.configure_malloc() if MODE == "on" else False
+from resnext_jax.runtime import malloc
+configured = malloc.configure_malloc() if MODE == "on" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -52,7 +52,7 @@ def test_off_switch(monkeypatch):
 
 _RELEASE = r"""
 import ctypes, json, resource
-from resnext_jax import malloc
+from resnext_jax.runtime import malloc
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -124,7 +124,7 @@ def test_cgroup_memory_limit_v1_v2_and_none(tmp_path):
 
 _TRAINER = r"""
 import functools, json, sys, tempfile
-from resnext_jax import malloc
+from resnext_jax.runtime import malloc
 from train import loop
 from train_helpers import tiny_config
 assert malloc.configure_malloc()

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 import resnext_jax as rx
-from resnext_jax import summary
-from resnext_jax.counting import (_trace_layer_costs, analytic_macs,
+from resnext_jax.commands import summary
+from resnext_jax.models.counting import (_trace_layer_costs, analytic_macs,
                                   analytic_params)
 
 
 def _traced(model, image_size):
-    """(count_params, count_flops) from one shape-only trace."""
+    """(count_params, count_macs) from one shape-only trace."""
     costs, variables = _trace_layer_costs(model, image_size)
-    return rx.count_params(variables), sum(c.macs for c in costs)
+    return rx.models.count_params(variables), sum(c.macs for c in costs)
 
 
 # Paper Table 2: ResNeXt-50 settings that keep ResNet-50's ~25M parameters.
@@ -33,7 +33,7 @@ def test_table2_exactly_by_params():
 def test_table2_widths_are_the_registry_models():
     for c, d in TABLE2.items():
         name = "resnet50" if c == 1 else f"resnext50_{c}x{d}d"
-        config = rx.model_config(name)
+        config = rx.models.model_config(name)
         assert (config["cardinality"], config["base_width"]) == (c, d)
 
 
@@ -63,12 +63,12 @@ def test_by_macs_against_resnet50_traced():
     assert [rx.match_width(c, by="macs") for c in TABLE2] == [
         64, 40, 24, 13, 4]
     reference = rx.create_model("resnet50")
-    target = rx.count_flops(reference, 224)
+    target = rx.models.count_macs(reference, 224)
     assert target == analytic_macs(reference, 224) == 4_089_184_256
     gaps = {}
     for d in (12, 13, 14):  # chosen and its neighbours, traced
         model = reference.clone(cardinality=8, base_width=d)
-        macs = rx.count_flops(model, 224)
+        macs = rx.models.count_macs(model, 224)
         assert macs == analytic_macs(model, 224)
         gaps[d] = abs(macs - target)
     assert gaps[13] < gaps[14] < gaps[12]
@@ -132,7 +132,7 @@ def test_closed_form_refuses_custom_blocks():
         pass
 
     model = rx.create_model("resnext29_32x4d", block_cls=Custom)
-    with pytest.raises(ValueError, match="use count_params and count_flops"):
+    with pytest.raises(ValueError, match="use count_params and count_macs"):
         analytic_params(model)
 
 
@@ -202,5 +202,5 @@ def test_summary_model_kwargs_refused_in_one_line(capsys, text, message):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("python -m resnext_jax.summary: error: ")
+    assert last.startswith("python -m resnext_jax.commands.summary: error: ")
     assert message in last

@@ -90,15 +90,19 @@ for name in ("train", "configs"):
 import numpy as np
 from PIL import Image
 import resnext_jax as rx
-from resnext_jax import export, predict, serving
+from resnext_jax.inference import export
+from resnext_jax.commands import export as export_command
+from resnext_jax.inference import predict
+from resnext_jax.commands import predict as predict_command
+from resnext_jax.inference import serving
 model = rx.ResNeXt(stage_sizes=(1, 1, 1), stem="cifar", cardinality=2,
                    base_width=2, num_classes=3)
 variables = rx.init_variables(model, 0, image_size=16)
 rx.save_pretrained("bundle", model, variables, class_names=["a", "b", "c"],
                    preprocessing=rx.Preprocessing.cifar(16))
 Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save("x.png")
-predict.main(["--workdir", "bundle", "--json", "x.png"])
-export.main(["--workdir", "bundle", "m.rxexport"])
+predict_command.main(["--workdir", "bundle", "--json", "x.png"])
+export_command.main(["--workdir", "bundle", "m.rxexport"])
 loaded = serving.load("m.rxexport")
 out["serving"] = serving.top_k(loaded(loaded.load_image("x.png")[None]))[1]\
     .tolist()

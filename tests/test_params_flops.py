@@ -4,14 +4,14 @@ import jax
 import pytest
 
 import resnext_jax as rx
-from resnext_jax import summary
+from resnext_jax.commands import summary
 
 
 def _param_count(name, **overrides):
     model = rx.create_model(name, **overrides)
     size = 32 if model.stem == "cifar" else 64  # counts do not depend on it
     shapes = jax.eval_shape(lambda: rx.init_variables(model, 0, size))
-    return rx.count_params(shapes)
+    return rx.models.count_params(shapes)
 
 
 # torchvision's published parameter counts, exact (1000 classes).
@@ -47,8 +47,8 @@ def test_table2_settings_have_resnet50_complexity():
 
 
 def test_resnext50_1x64d_is_resnet50():
-    assert (rx.model_config("resnext50_1x64d")
-            == rx.model_config("resnet50"))
+    assert (rx.models.model_config("resnext50_1x64d")
+            == rx.models.model_config("resnet50"))
 
 
 @pytest.mark.parametrize("name, gmacs", [
@@ -56,20 +56,20 @@ def test_resnext50_1x64d_is_resnet50():
     ("resnext101_32x8d", 16.41), ("resnext101_64x4d", 15.46),
 ])
 def test_flops_match_torchvision(name, gmacs):
-    macs = rx.count_flops(rx.create_model(name), image_size=224)
+    macs = rx.models.count_macs(rx.create_model(name), image_size=224)
     assert abs(macs / 1e9 - gmacs) / gmacs < 0.01, macs
 
 
 def test_flops_scale_with_image_size():
     model = rx.create_model("resnext50_32x4d")
-    small, big = rx.count_flops(model, 112), rx.count_flops(model, 224)
+    small, big = rx.models.count_macs(model, 112), rx.models.count_macs(model, 224)
     assert 3.5 < big / small < 4.5
 
 
 def test_count_params_excludes_batch_stats():
     model = rx.create_model("resnet50", num_classes=10)
     shapes = jax.eval_shape(lambda: rx.init_variables(model, 0, 32))
-    assert rx.count_params(shapes) == rx.count_params(shapes["params"])
+    assert rx.models.count_params(shapes) == rx.models.count_params(shapes["params"])
     assert "batch_stats" in shapes
 
 

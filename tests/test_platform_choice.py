@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnext_jax import platform_choice
+from resnext_jax.layers import platform_choice
 
 
 def _marked(scale):

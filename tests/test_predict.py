@@ -12,7 +12,10 @@ from conftest import random_variables, tiny_model
 from PIL import Image
 
 import resnext_jax as rx
-from resnext_jax import predict, serving
+from resnext_jax.inference import predict
+from resnext_jax.weights import bundle
+from resnext_jax.commands import predict as predict_command
+from resnext_jax.inference import serving
 
 TINY_KWARGS = json.dumps(
     {"stage_sizes": [1, 1, 1, 1], "cardinality": 4, "base_width": 4})
@@ -28,7 +31,7 @@ def setup(tmp_path_factory):
     model = tiny_model()
     variables = random_variables(model, seed=3)
     weights = root / "tiny.safetensors"
-    rx.save_safetensors(variables, model, weights)
+    rx.weights.save_safetensors(variables, model, weights)
     labels = root / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
     rng = np.random.default_rng(0)
@@ -45,7 +48,7 @@ def setup(tmp_path_factory):
 
 
 def _run(capsys, argv):
-    predict.main(argv)
+    predict_command.main(argv)
     return capsys.readouterr().out
 
 
@@ -90,8 +93,8 @@ def test_text_output_and_batching_agree(setup, capsys):
 def test_without_labels_names_are_generic(setup):
     model, variables, _, _, images = setup
     results = predict.predict_files(
-        model, variables, images[:1], predict.default_class_names(7),
-        top_k=10, preprocessing=predict.Preprocessing(40, 32))
+        model, variables, images[:1], bundle.default_class_names(7),
+        top_k=10, preprocessing=rx.Preprocessing(40, 32))
     preds = results[0]["predictions"]
     assert len(preds) == 7  # top_k is capped at the number of classes
     assert {p["label"] for p in preds} == {f"class_{i}" for i in range(7)}
@@ -99,20 +102,20 @@ def test_without_labels_names_are_generic(setup):
 
 
 def test_imagenet_class_names_ship_with_the_package():
-    names = predict.imagenet_class_names()
+    names = bundle.imagenet_class_names()
     assert len(names) == 1000
     assert names[0] == "tench" and names[999] == "toilet tissue"
     assert all(name and name == name.strip() for name in names)
-    assert predict.default_class_names(1000) == names
+    assert bundle.default_class_names(1000) == names
 
 
 def test_argument_errors(setup):
     _, _, weights, _, images = setup
     with pytest.raises(SystemExit) as info:
-        predict.main(["--model", "resnext50_32x4d", images[0]])
+        predict_command.main(["--model", "resnext50_32x4d", images[0]])
     assert "--weights" in str(info.value.code)
     with pytest.raises(SystemExit) as info:
-        predict.main(["--model", "resnext50_32x4d", "--model-kwargs",
+        predict_command.main(["--model", "resnext50_32x4d", "--model-kwargs",
                       TINY_KWARGS, "--weights", weights, "--labels", __file__,
                       images[0]])
     assert "num_classes=7" in str(info.value.code)
@@ -144,7 +147,7 @@ def test_workdir_without_a_bundle_says_what_to_do(tmp_path, setup):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SystemExit) as info:
-        predict.main(["--workdir", str(tmp_path), images[0]])
+        predict_command.main(["--workdir", str(tmp_path), images[0]])
     message = str(info.value.code)
     assert "without a model bundle" in message
     assert "python -m train.bundle" in message

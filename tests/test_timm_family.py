@@ -63,7 +63,7 @@ def test_every_timm_name_is_registered():
                                  attn_layer="eca")),
 ])
 def test_variants_are_fields_of_one_model(name, fields):
-    config = rx.model_config(name)
+    config = rx.models.model_config(name)
     assert {k: config.get(k, getattr(rx.ResNeXt, k)) for k in fields} == fields
     assert type(rx.create_model(name)) is rx.ResNeXt
 
@@ -127,11 +127,11 @@ def test_forms_a_and_b_carry_the_attention(attn_layer):
 def test_timm_names_round_trip_through_safetensors(name, tmp_path):
     model = _tiny(name)
     variables = random_variables(model, seed=2)
-    rx.save_safetensors(variables, model, tmp_path / "w.safetensors")
+    rx.weights.save_safetensors(variables, model, tmp_path / "w.safetensors")
     restored = rx.load_torch_state_dict(tmp_path / "w.safetensors", model)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(variables)):
         np.testing.assert_array_equal(a, b)
-    keys = set(rx.read_state_dict(tmp_path / "w.safetensors"))
+    keys = set(rx.weights.read_state_dict(tmp_path / "w.safetensors"))
     stem = ({"conv1.0.weight", "conv1.1.running_var", "conv1.3.weight",
              "conv1.4.weight", "conv1.6.weight"} if model.stem_type else set())
     assert stem | {"layer2.0.downsample.1.weight",
@@ -153,23 +153,23 @@ def test_cpu_lowering_computes_the_same_variant():
 def test_a_checkpoint_of_another_variant_names_the_fields_to_set():
     source = _tiny("seresnext26d_32x4d")
     state = rx.to_torch_state_dict(random_variables(source), source)
-    with pytest.raises(rx.StateDictMismatchError,
+    with pytest.raises(rx.weights.StateDictMismatchError,
                        match=r"stem_type='deep' or 'deep_tiered', "
                              r"avg_down=True, attn_layer='se'"):
         rx.load_torch_state_dict(state, _tiny("resnext50_32x4d"))
-    with pytest.raises(rx.StateDictMismatchError, match=r"attn_layer='se'"):
+    with pytest.raises(rx.weights.StateDictMismatchError, match=r"attn_layer='se'"):
         rx.load_torch_state_dict(state, _tiny("ecaresnext26t_32x4d",
                                               stem_type="deep"))
 
 
-def test_count_flops_and_summary_of_a_deep_stem_attention_model():
+def test_count_macs_and_summary_of_a_deep_stem_attention_model():
     model = rx.create_model("seresnext26t_32x4d", conv_impl="xla")
     rows = rx.summarize(model, 224)
     assert [r["output_shape"] for r in rows[:5]] == [
         (56, 56, 64), (56, 56, 256), (28, 28, 512), (14, 14, 1024),
         (7, 7, 2048)]
     assert sum(r["params"] for r in rows) == 16_806_976
-    assert sum(r["macs"] for r in rows) == rx.count_flops(model, 224)
+    assert sum(r["macs"] for r in rows) == rx.models.count_macs(model, 224)
 
 
 # ---------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_param_counts_equal_timm(timm, name):
     net = _timm_on_meta(timm, name)
     expected = sum(p.numel() for p in net.parameters())
     model = rx.create_model(name, conv_impl="xla")
-    assert rx.count_params(_our_shapes(model)) == expected
+    assert rx.models.count_params(_our_shapes(model)) == expected
 
 
 @pytest.mark.parametrize("name", ["resnext50d_32x4d", "seresnext26t_32x4d",
@@ -192,7 +192,7 @@ def test_macs_equal_torch_flop_counter(timm, name):
     with FlopCounterMode(display=False) as counter:
         net(torch.empty(1, 3, 224, 224, device="meta"))
     macs = counter.get_total_flops() // 2  # torch counts a multiply-add as 2
-    assert rx.count_flops(rx.create_model(name, conv_impl="xla"), 224) == macs
+    assert rx.models.count_macs(rx.create_model(name, conv_impl="xla"), 224) == macs
 
 
 def test_shared_names_have_torchvision_keys(timm):

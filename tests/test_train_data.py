@@ -152,7 +152,7 @@ def test_predict_reproduces_the_eval_of_an_image_folder_run(tmp_path,
     """The trainer's eval and predict --workdir see the same pixels and so
     give the same answers: the run's eval accuracy, recounted by predict."""
     import json
-    from resnext_jax import predict
+    from resnext_jax.commands import predict as predict_command
 
     root = tmp_path / "images"
     for split, per_class in (("train", 8), ("val", 5)):
@@ -172,7 +172,7 @@ def test_predict_reproduces_the_eval_of_an_image_folder_run(tmp_path,
     summary = loop.train_and_evaluate(config, tmp_path / "run")
     assert (tmp_path / "run" / "model" / "model.json").is_file()
     capsys.readouterr()  # The run's own output.
-    predict.main(["--workdir", str(tmp_path / "run"), "--json", "--top-k",
+    predict_command.main(["--workdir", str(tmp_path / "run"), "--json", "--top-k",
                   "1", *map(str, files)])
     results = json.loads(capsys.readouterr().out)
     answers = [r["predictions"][0]["index"] for r in results]

@@ -66,13 +66,12 @@ def setup_process(config) -> None:
     TensorFlow (which only feeds data) kept off the accelerators, JAX's
     distributed runtime started when the config or environment asks, and
     JAX's persistent compilation cache on (a restarted run compiles nothing;
-    RESNEXT_JAX_CACHE_DIR moves it or turns it off), and malloc set to reuse
+    RESNEXT_JAX_CACHE_DIR moves it or turns it off), and, on CPU, malloc set to reuse
     XLA:CPU's step buffers (RESNEXT_JAX_MALLOC=off leaves it alone)."""
-    import resnext_jax  # pylint: disable=import-outside-toplevel
+    from resnext_jax.runtime import prepare_process  # pylint: disable=import-outside-toplevel
     from train import data, distributed  # pylint: disable=import-outside-toplevel
 
-    resnext_jax.configure_malloc()
-    resnext_jax.enable_compilation_cache()
+    prepare_process()
     if data.needs_tensorflow(config):
         data.hide_accelerators_from_tensorflow()
     distributed.initialize(config)

@@ -21,9 +21,9 @@ import jax
 import ml_collections
 import numpy as np
 import resnext_jax
-from resnext_jax import bundle as rx_bundle
-from resnext_jax import hub as rx_hub
-from resnext_jax.convert import TORCH_SUFFIXES
+from resnext_jax.weights import bundle as rx_bundle
+from resnext_jax.weights import pretrained as rx_hub
+from resnext_jax.weights.state_dict import TORCH_SUFFIXES
 
 from train import workdir as workdir_lib
 from train.checkpoint_integrity import file_sha256
@@ -42,7 +42,7 @@ def _fail(value, rule):
 _KINDS = ("a .safetensors or .pth/.pt weights file, a model bundle "
           "directory (model.json + weights.safetensors), a training "
           "workdir (its model/ bundle) or the name of published weights "
-          "(e.g. resnext50_32x4d.tv_in1k, see resnext_jax.hub)")
+          "(e.g. resnext50_32x4d.tv_in1k, see resnext_jax.weights.pretrained)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Source:
     kind: str  # "weights", "bundle", "workdir" or "hub"
     weights: pathlib.Path  # the tensor file
     # The eval spec the weights expect (a bundle's own; for a weights file
-    # the registry's, see resnext_jax.pretrained_cfg); None if unknown.
+    # the registry's, see resnext_jax.weights.pretrained); None if unknown.
     preprocessing: resnext_jax.Preprocessing | None
 
 
@@ -116,12 +116,13 @@ def find_source(config: ml_collections.ConfigDict) -> Source:
         if importlib.util.find_spec("torch") is None:
             _fail(given, "is a PyTorch file and torch is not installed: "
                   "pip install torch, or convert it with python -m "
-                  "resnext_jax.to_safetensors.")
+                  "resnext_jax.commands.to_safetensors.")
     elif suffix != ".safetensors":
         _fail(given, f"is a file of unknown type ({suffix or 'no suffix'}); "
               f"give {_KINDS}.")
     preprocessing = (None if config.model == "custom" else
-                     resnext_jax.pretrained_preprocessing(config.model))
+                     resnext_jax.weights.pretrained.pretrained_preprocessing(
+                         config.model))
     return Source(given, "weights", path, preprocessing)
 
 
@@ -160,7 +161,7 @@ def load(source: Source, config: ml_collections.ConfigDict,
     records of them. Raises :class:`InitFromError` when they do not fit.
     Compiles nothing."""
     try:
-        state = resnext_jax.read_state_dict(source.weights)
+        state = resnext_jax.weights.read_state_dict(source.weights)
     except Exception as e:  # pylint: disable=broad-except
         # A damaged or foreign file (torch's unpickler raises many kinds):
         # the file, not the run, is at fault; say so in one line.
@@ -172,7 +173,7 @@ def load(source: Source, config: ml_collections.ConfigDict,
     try:
         variables = resnext_jax.load_torch_state_dict(
             state, model.clone(axis_name=None), head=head, rng=config.seed)
-    except resnext_jax.StateDictMismatchError as e:
+    except resnext_jax.weights.StateDictMismatchError as e:
         _fail(source.given, f"does not fit config.model (={config.model!r}"
               f", model_kwargs={model_overrides(config)}): "
               f"{_mismatch_summary(e)}")
@@ -191,7 +192,7 @@ def load(source: Source, config: ml_collections.ConfigDict,
     return jax.tree.map(np.asarray, variables), record
 
 
-def _mismatch_summary(error: resnext_jax.StateDictMismatchError) -> str:
+def _mismatch_summary(error: resnext_jax.weights.StateDictMismatchError) -> str:
     """The converter's listing in one line: counts, a few keys, its hint."""
     parts = []
     for kind, keys in (("missing", error.missing),

@@ -25,9 +25,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from resnext_jax.compilation_cache import compile_run_once
-from resnext_jax.conv import resolve_conv_impl
-from resnext_jax.malloc import release_if_near_limit
+from resnext_jax._compile import compile_run_once
+from resnext_jax.layers.conv import resolve_conv_impl
+from resnext_jax.runtime.malloc import release_if_near_limit
 from train import (bundle, checkpoint, data as data_lib, distributed,
                    init_from, mesh as mesh_lib, optim, steps,
                    workdir as workdir_lib)

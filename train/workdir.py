@@ -31,7 +31,7 @@ import socket
 import time
 
 import ml_collections
-from resnext_jax import bundle
+from resnext_jax.weights import bundle
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"

@@ -8,7 +8,7 @@ alpha dropped), resize the shorter side to ``resize_size`` (the longer side
 truncated), center crop ``crop_size``, scale to [0, 1], normalize by
 ``mean``/``std``.
 
-The pixel operations live in :mod:`resnext_jax.serving`, which must stay a
+The pixel operations live in :mod:`resnext_jax.inference.serving`, which must stay a
 standalone file (numpy, jax, PIL) for servers; this module is the spec.
 """
 
@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from resnext_jax import serving
+from resnext_jax.inference import serving
 
 IMAGENET_MEAN = serving.IMAGENET_MEAN
 IMAGENET_STD = serving.IMAGENET_STD

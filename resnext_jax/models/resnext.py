@@ -9,24 +9,20 @@ are fields of the same model, named as in timm.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import functools
 import importlib
 import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from resnext_jax.blocks import (EXPANSION, Bottleneck, _Common,
+from resnext_jax.models.blocks import (EXPANSION, Bottleneck, _Common,
                                 check_attn_layer, check_batchnorm_constants,
                                 check_block_form, check_drop_path_rate,
                                 check_float_dtype, conv_kernel_init)
-from resnext_jax.batchnorm import BatchNorm, bn_impl_for
-from resnext_jax.compilation_cache import compile_run_once
-from resnext_jax.conv import GroupedConv, check_conv_impl, max_pool
+from resnext_jax.layers.batchnorm import BatchNorm, bn_impl_for
+from resnext_jax.layers.conv import GroupedConv, check_conv_impl, max_pool
 
 STEMS = ("imagenet", "cifar")
 # The ImageNet stem's first layers (timm's ``stem_type``): "" is the 7x7 conv;
@@ -88,9 +84,9 @@ class ResNeXt(nn.Module):
       attn_layer: channel attention at the end of every block's residual
         branch: None, "se" (squeeze-and-excitation) or "eca" (efficient
         channel attention).
-      block_form: "A", "B" or "C" (see :mod:`resnext_jax.blocks`).
+      block_form: "A", "B" or "C" (see :mod:`resnext_jax.models.blocks`).
       zero_init_residual: start each block's last BN scale at zero.
-      conv_impl: grouped-convolution lowering (see :mod:`resnext_jax.conv`).
+      conv_impl: grouped-convolution lowering (see :mod:`resnext_jax.layers.conv`).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); BN statistics are
         reduced in float32 and the classifier runs in float32.
       param_dtype: parameter dtype.
@@ -98,7 +94,7 @@ class ResNeXt(nn.Module):
         statistics (cross-replica BN in a data-parallel step).
       block_cls: the residual block (a class, or ``"module:ClassName"``),
         built once per block with the fields
-        of :class:`~resnext_jax.blocks.Bottleneck` (``planes``, ``strides``,
+        of :class:`~resnext_jax.models.blocks.Bottleneck` (``planes``, ``strides``,
         ``cardinality``, ...); subclass it to change what a block computes
         (see the docs' no-shortcut ablation).
       expansion: block output channels per ``planes`` (4: 256 out of 64).
@@ -411,112 +407,3 @@ def import_block_cls(spec: str) -> type:
             "'module:ClassName' with the module on the Python path.") from None
     return value
 
-
-# ---------------------------------------------------------------------------
-# Registry.
-
-_IMAGENET_DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
-                    152: (3, 8, 36, 3)}
-
-
-def _imagenet(depth, cardinality, base_width, **options):
-    return dict(stage_sizes=_IMAGENET_DEPTHS[depth], cardinality=cardinality,
-                base_width=base_width, stem="imagenet", num_classes=1000,
-                **options)
-
-
-# timm's suffixes: "d" deep stem + average-pool shortcut (ResNet-D), "t" the
-# same with the tiered stem; prefixes "se"/"eca" add channel attention.
-_D = dict(stem_type="deep", avg_down=True)
-_T = dict(stem_type="deep_tiered", avg_down=True)
-_SE = dict(attn_layer="se")
-_ECA = dict(attn_layer="eca")
-
-
-def _cifar(cardinality, base_width):
-    return dict(stage_sizes=(3, 3, 3), cardinality=cardinality,
-                base_width=base_width, stem="cifar", num_classes=10)
-
-
-_MODELS: dict[str, dict] = {
-    "resnet50": _imagenet(50, 1, 64),
-    "resnet101": _imagenet(101, 1, 64),
-    "resnet152": _imagenet(152, 1, 64),
-    "resnext50_32x4d": _imagenet(50, 32, 4),
-    "resnext50_32x8d": _imagenet(50, 32, 8),
-    "resnext101_32x4d": _imagenet(101, 32, 4),
-    "resnext101_32x8d": _imagenet(101, 32, 8),
-    "resnext101_32x16d": _imagenet(101, 32, 16),
-    "resnext101_32x32d": _imagenet(101, 32, 32),
-    "resnext101_64x4d": _imagenet(101, 64, 4),
-    "resnext152_32x4d": _imagenet(152, 32, 4),
-    # Paper Table 2: ResNeXt-50 settings of equal complexity (C x d).
-    "resnext50_1x64d": _imagenet(50, 1, 64),
-    "resnext50_2x40d": _imagenet(50, 2, 40),
-    "resnext50_4x24d": _imagenet(50, 4, 24),
-    "resnext50_8x14d": _imagenet(50, 8, 14),
-    # timm's ResNeXt family, under timm's names and architectures.
-    "resnext50d_32x4d": _imagenet(50, 32, 4, **_D),
-    "seresnext26d_32x4d": _imagenet(26, 32, 4, **_D, **_SE),
-    "seresnext26t_32x4d": _imagenet(26, 32, 4, **_T, **_SE),
-    "seresnext50_32x4d": _imagenet(50, 32, 4, **_SE),
-    "seresnext101_32x4d": _imagenet(101, 32, 4, **_SE),
-    "seresnext101_32x8d": _imagenet(101, 32, 8, **_SE),
-    "seresnext101_64x4d": _imagenet(101, 64, 4, **_SE),
-    "seresnext101d_32x8d": _imagenet(101, 32, 8, **_D, **_SE),
-    "ecaresnext26t_32x4d": _imagenet(26, 32, 4, **_T, **_ECA),
-    "ecaresnext50t_32x4d": _imagenet(50, 32, 4, **_T, **_ECA),
-    # Paper Sec. 5.3 / Table 7: CIFAR ResNeXt-29.
-    "resnext29_8x64d": _cifar(8, 64),
-    "resnext29_16x64d": _cifar(16, 64),
-    "resnext29_32x4d": _cifar(32, 4),
-}
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(ResNeXt)
-                if f.name not in ("parent", "name"))
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
-    return sorted(_MODELS)
-
-
-def model_config(name: str) -> dict:
-    """The field values that define the named variant."""
-    if name not in _MODELS:
-        close = difflib.get_close_matches(str(name), _MODELS, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown model name {name!r}.{hint} Known models: "
-            f"{', '.join(list_models())}.")
-    return dict(_MODELS[name])
-
-
-def create_model(name: str, **overrides: Any) -> ResNeXt:
-    """Builds a named ResNeXt, e.g. ``create_model("resnext50_32x4d",
-    num_classes=10, dtype=jnp.bfloat16, block_form="A")``.
-
-    Any :class:`ResNeXt` field can be overridden.
-    """
-    config = model_config(name)
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"create_model({name!r}) got unknown override(s) {unknown}; "
-            f"valid fields are {', '.join(_FIELDS)}.")
-    config.update(overrides)
-    return ResNeXt(**config)
-
-
-def init_variables(model: ResNeXt, rng: jax.Array | int = 0,
-                   image_size: int | None = None, batch_size: int = 1):
-    """Initializes variables with a dummy batch of the model's input size."""
-    if isinstance(rng, int):
-        rng = jax.random.PRNGKey(rng)
-    if image_size is None:
-        image_size = 32 if model.stem == "cifar" else 224
-    dummy = jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32)
-    init = jax.jit(lambda r, x: model.init(r, x, train=False))
-    if isinstance(rng, jax.core.Tracer):  # Inside eval_shape, jit, ...
-        return init(rng, dummy)
-    return compile_run_once(init, rng, dummy)(rng, dummy)

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m resnext_jax.to_safetensors --model resnext50_32x4d \\
+    python -m resnext_jax.commands.to_safetensors --model resnext50_32x4d \\
         resnext50_32x4d-1a0047aa.pth resnext50_32x4d.safetensors
 
 Reading ``.pth`` needs torch; the output is read with numpy alone, so
@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resnext_jax.convert import (load_torch_state_dict, parse_model_kwargs,
-                                 read_state_dict, save_safetensors)
-from resnext_jax.models import create_model
-from resnext_jax.cli import command
-from resnext_jax.files import same_file
+from resnext_jax.models.registry import create_model, parse_model_kwargs
+from resnext_jax.weights.state_dict import (load_torch_state_dict,
+                                            read_state_dict, save_safetensors)
+from resnext_jax.commands.edges import command
+from resnext_jax._files import same_file
 
 
 def convert_file(model_name: str, src: str, dst: str,
@@ -41,7 +41,7 @@ def convert_file(model_name: str, src: str, dst: str,
 @command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m resnext_jax.to_safetensors",
+        prog="python -m resnext_jax.commands.to_safetensors",
         description="Check a torchvision/timm checkpoint against a model and "
                     "write it as .safetensors (readable without torch).")
     parser.add_argument("--model", required=True,

@@ -1,9 +1,9 @@
 """Prints a model's per-stage parameter and multiply-add counts.
 
-    python -m resnext_jax.summary resnext50_32x4d --image-size 224
-    python -m resnext_jax.summary resnet50 --model-kwargs \
+    python -m resnext_jax.commands.summary resnext50_32x4d --image-size 224
+    python -m resnext_jax.commands.summary resnet50 --model-kwargs \
         '{"cardinality": 32, "base_width": 4}'
-    python -m resnext_jax.summary --list
+    python -m resnext_jax.commands.summary --list
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import argparse
 import json
 import sys
 
-from resnext_jax.convert import parse_model_kwargs
-from resnext_jax.counting import format_summary, summarize
-from resnext_jax.models import create_model, list_models
-from resnext_jax.cli import command
+from resnext_jax.models.registry import parse_model_kwargs
+from resnext_jax.models.counting import format_summary, summarize
+from resnext_jax.models.registry import create_model, list_models
+from resnext_jax.commands.edges import command
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m resnext_jax.summary",
+        prog="python -m resnext_jax.commands.summary",
         description="Per-stage parameter and multiply-add counts.")
     parser.add_argument("model", nargs="?", help="model name, see --list")
     parser.add_argument("--list", action="store_true",

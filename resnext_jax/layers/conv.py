@@ -26,7 +26,7 @@ Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
   ``benchmarks/bench_gpu.py`` measures them.
 * ``"auto"``: one traced program that holds each platform's lowering
   (:data:`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``, in the
-  forward and in the backward pass (:mod:`resnext_jax.platform_choice`).
+  forward and in the backward pass (:mod:`resnext_jax.layers.platform_choice`).
   The choice is made when the program is lowered for its target, not by
   the process that traces it: a CPU ``jit`` compiles only the ``dense``
   branch, and
@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnext_jax import platform_choice
+from resnext_jax.layers import platform_choice
 
 Padding = str | Sequence[tuple[int, int]]
 

@@ -1,7 +1,7 @@
 """Weight conversion between our variables and torchvision/timm state dicts.
 
 torchvision's and timm's ResNet/ResNeXt use the same parameter names, and ours
-map to them one to one (see :mod:`resnext_jax.models`), so conversion is a
+map to them one to one (see :mod:`resnext_jax.models.resnext`), so conversion is a
 table plus three layout rules. timm's variants add its names: the deep stem's
 ``conv1.0`` ... ``conv1.6``, the average-pool shortcut's ``downsample.1``
 (conv) and ``downsample.2`` (BN) behind its parameter-free pool
@@ -23,7 +23,6 @@ installed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Mapping
@@ -33,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnext_jax.block_forms import convert_block_form
-from resnext_jax.files import atomic_path
-from resnext_jax.models import ResNeXt
+from resnext_jax.weights.block_forms import convert_block_form
+from resnext_jax._files import atomic_path
+from resnext_jax.models.resnext import ResNeXt
 
 HEAD_MODES = ("keep", "reinit", "drop")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -176,7 +175,7 @@ def _import_torch(why: str):
         raise ImportError(
             f"{why} needs PyTorch, which is not installed. Install it "
             "(pip install torch) or convert the checkpoint to .safetensors "
-            "where torch is available: python -m resnext_jax.to_safetensors "
+            "where torch is available: python -m resnext_jax.commands.to_safetensors "
             "--model NAME IN.pth OUT.safetensors") from e
     return torch
 
@@ -479,24 +478,3 @@ def save_safetensors(variables: Mapping, model: ResNeXt,
     state = to_torch_state_dict(variables, model)
     with atomic_path(path) as tmp:
         save_file(state, os.fspath(tmp))
-
-
-def parse_model_kwargs(text: str) -> dict:
-    """ResNeXt field overrides from a command line's JSON object."""
-    try:
-        kwargs = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"model kwargs {text!r} are not JSON: {e}") from e
-    if not isinstance(kwargs, dict):
-        raise ValueError(
-            f"model kwargs {text!r} must be a JSON object of ResNeXt field "
-            "overrides.")
-    for field in ("dtype", "param_dtype"):
-        if field in kwargs:  # JSON has names ("bfloat16"), flax wants dtypes
-            try:
-                kwargs[field] = jnp.dtype(kwargs[field])
-            except TypeError:
-                raise ValueError(f"{field} (={kwargs[field]!r}) is not a "
-                                 "dtype; use a floating type, e.g. 'float32' "
-                                 "or 'bfloat16'.") from None
-    return kwargs

@@ -1,15 +1,16 @@
-"""Classify image files with a converted or trained checkpoint.
+"""``resnext-predict``: classify image files with published weights, a
+weights file, a model bundle or a training run.
 
 ::
 
-    python -m resnext_jax.predict --model resnext50_32x4d \\
+    resnext-predict --pretrained resnext50_32x4d cat.jpg
+    resnext-predict --model resnext50_32x4d \\
         --weights resnext50_32x4d.safetensors cat.jpg dog.jpg
-    python -m resnext_jax.predict --workdir runs/my_run --json images/*.jpg
+    resnext-predict --workdir runs/my_run --json images/*.jpg
 
-(or ``resnext-predict ...``). A training run's model bundle brings its class
-names and preprocessing; weights files get torchvision's ImageNet eval
-(resize 256, center crop 224, normalize). Images run in fixed-size batches
-through one jit-compiled function, so a batch size compiles once.
+A bundle brings its class names and preprocessing; published weights their
+own preprocessing; a weights file gets torchvision's ImageNet eval (resize
+256, center crop 224, normalize).
 """
 
 from __future__ import annotations
@@ -19,24 +20,12 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Sequence
 
-import jax
-import numpy as np
-
-from resnext_jax import serving
-from resnext_jax.compilation_cache import enable_compilation_cache
-from resnext_jax.conv import resolve_conv_impl
-from resnext_jax.malloc import configure_malloc
-from resnext_jax.bundle import (default_class_names, imagenet_class_names,
-                                load_pretrained)
-from resnext_jax.convert import parse_model_kwargs
-from resnext_jax.preprocessing import Preprocessing
-from resnext_jax.cli import command
-
-__all__ = ("Preprocessing", "add_model_arguments", "default_class_names",
-           "imagenet_class_names", "load_model", "main", "predict_files",
-           "read_labels")
+from resnext_jax.commands.edges import command
+from resnext_jax.inference.predict import predict_files
+from resnext_jax.models.registry import parse_model_kwargs
+from resnext_jax.runtime import prepare_process
+from resnext_jax.weights.bundle import load_pretrained
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
@@ -53,8 +42,8 @@ def read_labels(path: str | os.PathLike) -> list[str]:
                          f"{e.strerror}.") from None
 
 
-# ---------------------------------------------------------------------------
-# Models from the command line (shared with resnext_jax.export).
+# Models from the command line (shared with resnext-export).
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options that select a model and its weights."""
@@ -117,70 +106,6 @@ def load_model(args: argparse.Namespace):
     return model, variables, list(class_names), preprocessing
 
 
-# ---------------------------------------------------------------------------
-# Prediction.
-
-def predict_files(model, variables, paths: Sequence[str],
-                  class_names: Sequence[str], *, top_k: int = 5,
-                  batch_size: int = 32,
-                  preprocessing: Preprocessing = Preprocessing()
-                  ) -> list[dict]:
-    """Top-k predictions per image file.
-
-    Returns one ``{"image": path, "predictions": [{"index", "label",
-    "probability"}, ...]}`` per path, predictions sorted by probability. A
-    file that cannot be read as an image (missing, a directory, truncated,
-    not an image) gets ``{"image": path, "error": reason}`` instead, and the
-    others are still answered.
-    """
-    if model.num_classes == 0:
-        raise ValueError("the model has no classifier (num_classes=0).")
-    if top_k < 1:
-        raise ValueError(f"top_k (={top_k}) must be at least 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size (={batch_size}) must be at least 1.")
-    # Compiled for this process's devices only: "auto" is resolved to their
-    # lowering, so the program holds no per-platform conditional.
-    if hasattr(model, "conv_impl"):
-        model = model.clone(conv_impl=resolve_conv_impl(model.conv_impl))
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    loaded, results = {}, {}
-    for path in paths:
-        try:
-            loaded[str(path)] = preprocessing.load_image(path)
-        except Exception as e:  # pylint: disable=broad-except
-            # PIL raises many types (OSError, UnidentifiedImageError,
-            # DecompressionBombError, ...); one bad file must not cost the
-            # answers for the others.
-            results[str(path)] = {"image": str(path),
-                                  "error": _image_error(path, e)}
-    good = list(loaded)
-    batch_size = max(1, min(batch_size, len(good)))
-    for start in range(0, len(good), batch_size):
-        chunk = good[start:start + batch_size]
-        images = np.stack([loaded[p] for p in chunk])
-        # Pad the last batch so every call has the compiled shape.
-        pad = batch_size - len(chunk)
-        if pad:
-            images = np.concatenate(
-                [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-        logits = np.asarray(infer(variables, images))[:len(chunk)]
-        probs, indices = serving.top_k(logits, top_k)
-        for path, p_row, i_row in zip(chunk, probs, indices):
-            results[path] = {"image": path, "predictions": [
-                {"index": int(i), "label": class_names[i],
-                 "probability": float(p)} for p, i in zip(p_row, i_row)]}
-    return [results[str(p)] for p in paths]
-
-
-def _image_error(path, error: Exception) -> str:
-    if os.path.isdir(path):
-        return "is a directory, not an image file"
-    if not os.path.exists(path):
-        return "no such file"
-    return f"cannot be read as an image ({type(error).__name__}: {error})"
-
-
 def format_text(results: list[dict]) -> str:
     lines = []
     for result in results:
@@ -217,8 +142,7 @@ def main(argv=None) -> None:
                           ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{option} (={value}) must be at least 1.")
-    configure_malloc()
-    enable_compilation_cache()
+    prepare_process()
     try:
         model, variables, class_names, preprocessing = load_model(args)
     except (ValueError, RuntimeError, OSError, ImportError) as e:

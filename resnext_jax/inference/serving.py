@@ -1,9 +1,14 @@
-"""Runs an exported ResNeXt (see :mod:`resnext_jax.export`) with no model code.
+"""Runs an exported ResNeXt (see :mod:`resnext_jax.inference.export`) with
+no model code.
 
-This file imports only numpy, jax and (for image files) PIL, and nothing from
-resnext_jax: copy it next to a server, or run it as a script::
+This module imports only numpy, jax and (for image files) PIL, and nothing
+from resnext_jax, so a server can copy it and use it alone::
 
-    python serving.py model.rxexport cat.jpg dog.jpg
+    import serving
+    model = serving.load("model.rxexport")
+    probabilities, classes = serving.top_k(model(model.load_image("cat.jpg")[None]))
+
+(``resnext-serve model.rxexport cat.jpg`` does the same from a shell.)
 
 It also holds the pixel operations of the eval preprocessing spec
 (:class:`resnext_jax.Preprocessing`, recorded in the export's metadata), so
@@ -19,13 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 
 FORMAT = "resnext_jax.export/1"
 # ImageNet statistics and torchvision's eval sizes: the library's defaults
-# (resnext_jax.preprocessing takes them from here).
+# (resnext_jax.inference.preprocessing takes them from here).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_SIZE = 256
@@ -209,7 +213,7 @@ class ExportedModel:
 
 
 def load(path: str | os.PathLike) -> ExportedModel:
-    """Reads a file written by ``resnext_jax.export``."""
+    """Reads a file written by ``resnext_jax.inference.export``."""
     from jax import export  # pylint: disable=import-outside-toplevel
 
     path = os.fspath(path)
@@ -254,47 +258,3 @@ def top_k(logits, k: int = 5):
     k = min(k, probs.shape[-1])
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     return np.take_along_axis(probs, order, axis=-1), order
-
-
-def main(argv=None) -> None:
-    """``python serving.py MODEL_FILE IMAGE...``: top-5 labels per image."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 2:
-        sys.exit("usage: python serving.py MODEL_FILE IMAGE [IMAGE ...]")
-    try:
-        model = load(argv[0])
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    images, answered, failed = [], [], []
-    for path in argv[1:]:
-        try:
-            images.append(model.load_image(path))
-            answered.append(path)
-        except Exception as e:  # pylint: disable=broad-except
-            # PIL's UnidentifiedImageError, OSError, a directory...: the
-            # file is at fault, the others are still answered.
-            failed.append(f"error: {path}: cannot be read as an image "
-                          f"({type(e).__name__}: {e})")
-    try:
-        if images:
-            probs, indices = top_k(model(np.stack(images)))
-            names = model.class_names
-            for path, p_row, i_row in zip(answered, probs, indices):
-                print(path)
-                for p, i in zip(p_row, i_row):
-                    label = names[i] if i < len(names) else f"class_{i}"
-                    print(f"  {p:.4f}  {label} ({i})")
-        sys.stdout.flush()
-    except BrokenPipeError:  # The reader (`| head`) stopped reading.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
-    for line in failed:
-        print(line, file=sys.stderr)
-    if failed:
-        sys.exit(f"error: {len(failed)} of {len(argv) - 1} image(s) could "
-                 "not be read" + ("; the others were answered above."
-                                  if images else "."))
-
-
-if __name__ == "__main__":
-    main()

@@ -23,13 +23,15 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax.numpy as jnp
 
-from resnext_jax import __version__, hub
-from resnext_jax.files import umask_mode
-from resnext_jax.convert import (load_torch_state_dict, read_state_dict,
+from resnext_jax import __version__
+from resnext_jax.weights import pretrained as hub
+from resnext_jax._files import umask_mode
+from resnext_jax.weights.state_dict import (load_torch_state_dict, read_state_dict,
                                  save_safetensors)
-from resnext_jax.models import ResNeXt, create_model
-from resnext_jax.pretrained_cfg import pretrained_preprocessing
-from resnext_jax.preprocessing import Preprocessing
+from resnext_jax.models.registry import create_model
+from resnext_jax.models.resnext import ResNeXt
+from resnext_jax.weights.pretrained import pretrained_preprocessing
+from resnext_jax.inference.preprocessing import Preprocessing
 
 FORMAT = "resnext_jax.bundle/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -218,7 +220,7 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
     installed) together with ``model_name``, or, where no such path exists,
     the name of published weights (``"resnext50_32x4d.tv_in1k"``, or a
     model for timm's default tag), downloaded from the Hugging Face Hub
-    (:mod:`resnext_jax.hub`). ``model_kwargs`` override model
+    (:mod:`resnext_jax.weights.pretrained`). ``model_kwargs`` override model
     fields, e.g. ``dtype=jnp.bfloat16`` or ``conv_impl="xla"``; for a weights
     file the classifier size comes from the file unless ``num_classes`` is
     given.
@@ -245,7 +247,7 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
         if published is None:
             raise FileNotFoundError(
                 f"{path} does not exist, and is not the name of published "
-                "weights (resnext_jax.hub.available()).")
+                "weights (resnext_jax.weights.pretrained.available()).")
         loaded = load_pretrained(hub.download(published),
                                  published.split(".")[0], **model_kwargs)
         return loaded._replace(preprocessing=hub.preprocessing_of(published))

@@ -6,8 +6,8 @@ dimension: one file serves any batch size. The weights are arguments rather
 than constants folded into the program, so XLA compiles quickly and the file
 stays loadable for the largest models.
 
-Load and run the file without this package with :mod:`resnext_jax.serving`
-(numpy and jax only).
+Load and run the file with :mod:`resnext_jax.inference.serving`, which
+needs numpy and jax only (it can be copied beside a server).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from typing import Mapping, Sequence
 
 import jax
@@ -23,13 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from resnext_jax import serving
-from resnext_jax.compilation_cache import enable_compilation_cache
-from resnext_jax.files import atomic_path, same_file
-from resnext_jax.malloc import configure_malloc
-from resnext_jax.models import ResNeXt
-from resnext_jax.preprocessing import Preprocessing
-from resnext_jax.cli import command
+from resnext_jax.inference import serving
+from resnext_jax._files import atomic_path
+from resnext_jax.models.resnext import ResNeXt
+from resnext_jax.inference.preprocessing import Preprocessing
 
 # Platform names as jax.export spells them.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -120,7 +116,7 @@ def save_exported(path: str | os.PathLike, model: ResNeXt,
     ``path`` is new or an earlier export, replaced whole by one rename;
     anything else there is refused (:func:`check_output`).
 
-    Read it back with ``resnext_jax.serving.load(path)``. The input is
+    Read it back with ``resnext_jax.inference.serving.load(path)``. The input is
     ``image_size`` square (default: the preprocessing's crop, else 224).
     ``preprocessing`` (default: ImageNet's, at that size) and
     ``class_names`` are recorded for the server; they do not change the
@@ -183,65 +179,3 @@ def check_output(path: str | os.PathLike) -> None:
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"output {os.fspath(path)!r}: the directory "
                                 f"{parent!r} does not exist.")
-
-
-def _inputs(args) -> list[tuple[str, str]]:
-    """``(option, path)`` of every file the command reads."""
-    from resnext_jax import bundle  # pylint: disable=import-outside-toplevel
-
-    found = [(f"--{name}", getattr(args, name)) for name in
-             ("weights", "labels") if getattr(args, name, None)]
-    if args.workdir:
-        for folder in (args.workdir,
-                       os.path.join(args.workdir, bundle.WORKDIR_BUNDLE)):
-            found += [("--workdir", os.path.join(folder, name))
-                      for name in (bundle.CONFIG_FILE, bundle.WEIGHTS_FILE)]
-    return found
-
-
-@command
-def main(argv=None) -> None:
-    """``python -m resnext_jax.export --model NAME --weights FILE OUT``."""
-    import argparse  # pylint: disable=import-outside-toplevel
-
-    from resnext_jax import predict  # pylint: disable=import-outside-toplevel
-
-    parser = argparse.ArgumentParser(
-        prog="resnext-export",
-        description="Serialize jit-compiled inference (jax.export, symbolic "
-                    "batch) for serving with resnext_jax/serving.py.")
-    predict.add_model_arguments(parser)
-    parser.add_argument("--platforms", default="cpu",
-                        help="comma-separated targets from "
-                             f"{','.join(PLATFORMS)} (default: cpu)")
-    parser.add_argument("--image-size", type=int,
-                        help="input height and width (default: the "
-                             "bundle's crop, or 224)")
-    parser.add_argument("out", help="output file, e.g. model.rxexport")
-    args = parser.parse_args(argv)
-    for name, source in _inputs(args):
-        if same_file(source, args.out):
-            parser.error(f"the output {args.out!r} is the {name} input; "
-                         "name another output file.")
-    configure_malloc()
-    enable_compilation_cache()
-    try:
-        check_output(args.out)
-        model, variables, class_names, preprocessing = predict.load_model(
-            args)
-        meta = save_exported(args.out, model, variables,
-                             platforms=args.platforms,
-                             image_size=args.image_size,
-                             preprocessing=preprocessing,
-                             class_names=class_names)
-        image_size = meta["image_size"]
-    except (ValueError, RuntimeError, OSError, ImportError) as e:
-        sys.exit(f"error: {e}")
-    size = os.path.getsize(args.out) / 2**20
-    print(f"wrote {args.out} ({size:.1f} MiB): platforms "
-          f"{','.join(meta['platforms'])}, input (batch, {image_size}, "
-          f"{image_size}, 3) float32, {meta['num_classes']} classes")
-
-
-if __name__ == "__main__":
-    main()

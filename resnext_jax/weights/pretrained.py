@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 
-from resnext_jax.preprocessing import Preprocessing
+from resnext_jax.inference.preprocessing import Preprocessing
 
 HUB_ORGANIZATION = "timm"
 WEIGHTS_FILE = "model.safetensors"
@@ -128,8 +128,8 @@ def resolve_name(name: str) -> str | None:
     return None
 
 
-def available() -> list[str]:
-    """Every ``"<model>.<tag>"`` that :func:`download` knows, sorted."""
+def list_pretrained() -> list[str]:
+    """Every ``"<model>.<tag>"`` of published weights, sorted."""
     return sorted(PRETRAINED)
 
 
@@ -148,7 +148,7 @@ def download(name: str) -> str:
     if resolved is None:
         raise ValueError(
             f"no published weights are named {name!r}; known names are "
-            "'<model>.<tag>' from resnext_jax.hub.available(), or a model "
+            "'<model>.<tag>' from rx.list_pretrained(), or a model "
             f"alone for its default tag ({', '.join(sorted(DEFAULT_TAGS))}).")
     try:
         from huggingface_hub import hf_hub_download  # pylint: disable=import-outside-toplevel
@@ -173,3 +173,39 @@ def download(name: str) -> str:
     except HfHubHTTPError as e:
         raise OSError(f"downloading {WEIGHTS_FILE} of {repo} failed: "
                       f"{' '.join(str(e).split())[:300]}") from None
+
+
+# The eval preprocessing of weights files given by model name alone.
+TORCHVISION_NAMES = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "resnext101_64x4d")
+# timm name -> (interpolation, crop_pct), from timm.models.get_pretrained_cfg
+# (tests/test_finetune.py checks them against timm when it is installed).
+# Mean and std are ImageNet's for all of them.
+TIMM_PREPROCESSING = {
+    "resnext101_32x4d": ("bilinear", 0.875),
+    "resnext101_32x16d": ("bilinear", 0.875),
+    "resnext101_32x32d": ("bilinear", 0.875),
+    "resnext50d_32x4d": ("bicubic", 0.875),
+    "seresnext26d_32x4d": ("bicubic", 0.875),
+    "seresnext26t_32x4d": ("bicubic", 0.875),
+    "seresnext50_32x4d": ("bicubic", 0.875),
+    "seresnext101_32x4d": ("bicubic", 0.875),
+    "seresnext101_64x4d": ("bicubic", 0.875),
+    "seresnext101_32x8d": ("bicubic", 0.95),
+    "seresnext101d_32x8d": ("bicubic", 0.95),
+    "ecaresnext26t_32x4d": ("bicubic", 0.875),
+    "ecaresnext50t_32x4d": ("bicubic", 0.875),
+}
+
+
+def pretrained_preprocessing(name: str, crop_size: int = 224
+                             ) -> Preprocessing | None:
+    """The eval spec for published weights of registry model ``name`` at
+    ``crop_size``; None for a name without published weights."""
+    if name in TORCHVISION_NAMES:
+        return Preprocessing.imagenet(crop_size)
+    if name not in TIMM_PREPROCESSING:
+        return None
+    interpolation, crop_pct = TIMM_PREPROCESSING[name]
+    return Preprocessing(resize_size=int(round(crop_size / crop_pct)),
+                         crop_size=crop_size, interpolation=interpolation)

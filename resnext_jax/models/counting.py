@@ -8,7 +8,7 @@ shapes seen by each layer in a shape-only trace: nothing is computed.
 closed form from the model's fields, without a trace, fast enough for
 :func:`match_width` to search over widths.
 
-Command line: ``python -m resnext_jax.summary resnext50_32x4d``.
+Command line: ``python -m resnext_jax.commands.summary resnext50_32x4d``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.blocks import (Bottleneck, bottleneck_width,
+from resnext_jax.models.blocks import (Bottleneck, bottleneck_width,
                                 eca_kernel_size, make_divisible)
-from resnext_jax.conv import GroupedConv
-from resnext_jax.models import (DEEP_STEM_WIDTHS, STAGE_PLANES,
-                                STEM_FEATURES, ResNeXt, model_config)
+from resnext_jax.layers.conv import GroupedConv
+from resnext_jax.models.registry import model_config
+from resnext_jax.models.resnext import (DEEP_STEM_WIDTHS, STAGE_PLANES,
+                                        STEM_FEATURES, ResNeXt)
 
 
 def count_params(variables: Any) -> int:
@@ -89,7 +90,7 @@ def _trace_layer_costs(model: ResNeXt, image_size: int,
     return costs, variables
 
 
-def count_flops(model: ResNeXt, image_size: int = 224) -> int:
+def count_macs(model: ResNeXt, image_size: int = 224) -> int:
     """Multiply-adds for one image of ``image_size`` x ``image_size``."""
     costs, _ = _trace_layer_costs(model, image_size)
     return sum(c.macs for c in costs)
@@ -156,18 +157,18 @@ def _out_size(size: int, stride: int) -> int:
 def _analytic_counts(model: ResNeXt, image_size: int) -> tuple[int, int]:
     """``(params, macs)`` of ``model`` from its fields, layer by layer as
     the model builds itself (see models.py and blocks.py); MACs follow
-    :func:`count_flops`'s convention (convolutions and the classifier only;
+    :func:`count_macs`'s convention (convolutions and the classifier only;
     BN, pooling and the gates are free). Block forms A, B and C have the
     same counts, as do ``avg_down`` and the dtypes."""
     if model.block_cls is not Bottleneck:
         # A custom block may compute anything; only a trace can count it.
         raise ValueError(
             f"closed-form counts know the stock Bottleneck, not block_cls="
-            f"{model.block_cls!r}; use count_params and count_flops.")
+            f"{model.block_cls!r}; use count_params and count_macs.")
     if model.features_only:
         raise ValueError("closed-form counts are of the whole classifier, "
                          "not a features_only backbone; use count_params "
-                         "and count_flops.")
+                         "and count_macs.")
     params = macs = 0
     h = image_size
     # Stem; every BN has a scale and a bias.
@@ -234,7 +235,7 @@ def analytic_params(model: ResNeXt) -> int:
 
 
 def analytic_macs(model: ResNeXt, image_size: int = 224) -> int:
-    """:func:`count_flops` of ``model`` at ``image_size``, in closed form."""
+    """:func:`count_macs` of ``model`` at ``image_size``, in closed form."""
     _check_image_size(image_size)
     return _analytic_counts(model, image_size)[1]
 
@@ -260,7 +261,7 @@ def match_width(cardinality: int, like: str = "resnet50", by: str = "params",
     25.6M against 25.6M, not multiply-adds).
 
     Every ``d >= 1`` is a valid width: the 3x3 of a stage with ``n`` planes
-    is ``floor(n * d / 64) * C`` wide (:func:`~resnext_jax.blocks.
+    is ``floor(n * d / 64) * C`` wide (:func:`~resnext_jax.models.blocks.
     bottleneck_width`), a positive multiple of ``C`` since ``n >= 64``.
     Complexity grows with ``d``, so the answer is one of the two widths that
     bracket the reference; on a tie the smaller width wins, the one that

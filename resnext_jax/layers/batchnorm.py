@@ -20,7 +20,7 @@ masked cotangent and the centered input, and reads each again.
 
 ``impl`` picks the lowering like the convolutions' ``conv_impl``: ``"auto"``
 compiles the fused VJP on CPU and flax's formula elsewhere (through
-:func:`resnext_jax.platform_choice.choose_with_vjp`); ``"fused"`` and
+:func:`resnext_jax.layers.platform_choice.choose_with_vjp`); ``"fused"`` and
 ``"flax"`` force one. Both compute the same function.
 """
 
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnext_jax import platform_choice
+from resnext_jax.layers import platform_choice
 
 BN_IMPLS = ("auto", "fused", "flax")
 # What "auto" compiles to per platform: the fused VJP is measured faster on

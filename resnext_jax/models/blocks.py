@@ -7,7 +7,7 @@
 BatchNorm acts per channel, so a BN over the concatenation of the branches
 equals one BN per branch over its own channels: forms A, B and C compute the
 same function when their weights are sliced from one another (see
-:mod:`resnext_jax.block_forms`). The third BN acts on the aggregated sum, as
+:mod:`resnext_jax.weights.block_forms`). The third BN acts on the aggregated sum, as
 in the paper's implementation ("BN right after the convolutions", Sec. 4).
 
 Layer names follow torchvision's ``Bottleneck`` (``conv1``, ``bn1``, ...,
@@ -29,8 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.batchnorm import BatchNorm, bn_impl_for
-from resnext_jax.conv import GroupedConv, check_conv_impl
+from resnext_jax.layers.batchnorm import BatchNorm, bn_impl_for
+from resnext_jax.layers.conv import GroupedConv, check_conv_impl
 
 BLOCK_FORMS = ("A", "B", "C")
 # Channel attention after the block's last BN (timm's ``attn_layer``).
