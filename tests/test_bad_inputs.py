@@ -340,17 +340,18 @@ def test_unreadable_torch_file_is_named_in_one_line(tmp_path, kind, capsys):
     path = tmp_path / "bad.pth"
     if kind == "whole_model":
         torch.save(torch.nn.Linear(2, 3), path)  # Not a state dict.
-        message = r"holds pickled Python objects .* model\.state_dict\(\)"
+        message = (r"refusing to unpickle the global torch\.nn\.modules\."
+                   r"linear\.Linear.* model\.state_dict\(\)")
     else:
         torch.save(torch.nn.Linear(2, 3).state_dict(), path)
         path.write_bytes(path.read_bytes()[:200])
-        message = "is not a readable PyTorch checkpoint"
-    with pytest.raises(ValueError, match=rf"bad\.pth' {message}"):
+        message = "truncated .* download or save it again"
+    with pytest.raises(ValueError, match=rf"bad\.pth.*{message}"):
         rx.weights.read_state_dict(path)
-    with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth' {message}"):
+    with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth.*{message}"):
         to_safetensors.main(["--model", "resnext50_32x4d", str(path),
                              str(tmp_path / "out.safetensors")])
-    with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth' {message}"):
+    with pytest.raises(SystemExit, match=rf"^error: .*bad\.pth.*{message}"):
         predict_command.main(["--model", "resnext50_32x4d", "--weights", str(path),
                       "x.png"])
     assert not (tmp_path / "out.safetensors").exists()

@@ -34,6 +34,7 @@ import numpy as np
 
 from resnext_jax.weights.block_forms import convert_block_form
 from resnext_jax._files import atomic_path
+from resnext_jax.weights.pth import UnsafePickleError, read_pth
 from resnext_jax.models.resnext import ResNeXt
 
 HEAD_MODES = ("keep", "reinit", "drop")
@@ -168,18 +169,6 @@ def _torch_shape(shape: tuple) -> tuple:
 # ---------------------------------------------------------------------------
 # Reading checkpoints.
 
-def _import_torch(why: str):
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError(
-            f"{why} needs PyTorch, which is not installed. Install it "
-            "(pip install torch) or convert the checkpoint to .safetensors "
-            "where torch is available: python -m resnext_jax.commands.to_safetensors "
-            "--model NAME IN.pth OUT.safetensors") from e
-    return torch
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor; no torch import needed
         value = value.detach().cpu()
@@ -202,8 +191,9 @@ def _unwrap(checkpoint: Mapping) -> Mapping:
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a state dict file into numpy arrays.
 
-    ``.safetensors`` is read with numpy only; ``.pth``/``.pt``/``.bin``/
-    ``.ckpt``/``.tar`` need torch (loaded with ``weights_only=True``).
+    ``.safetensors`` is read with numpy; ``.pth``/``.pt``/``.bin``/``.ckpt``/
+    ``.tar`` without torch, by an unpickler that accepts tensors and plain
+    containers only and executes no code (:mod:`resnext_jax.weights.pth`).
     Wrappers such as ``{"state_dict": ...}`` and DataParallel's ``module.``
     prefix are removed.
     """
@@ -227,11 +217,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 "be truncated or damaged: download or convert it "
                 "again.") from None
     elif path.endswith(TORCH_SUFFIXES):
-        torch = _import_torch(f"reading {path!r}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pylint: disable=broad-except
-            raise ValueError(_unreadable_torch_file(path, e)) from None
+            state = read_pth(path)
+        except UnsafePickleError as e:
+            raise ValueError(
+                f"{e}. A whole model saved with torch.save(model)? Save "
+                "model.state_dict() instead.") from None
         if not isinstance(state, Mapping):
             raise ValueError(
                 f"{path!r} holds a {type(state).__name__}, not a state dict "
@@ -241,19 +232,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"checkpoint {path!r} has an unknown suffix; expected "
             f".safetensors or one of {TORCH_SUFFIXES}.")
     return as_numpy_state_dict(state)
-
-
-def _unreadable_torch_file(path: str, error: Exception) -> str:
-    """Why torch.load (weights only) refused ``path``, in one line."""
-    text = " ".join(str(error).split())
-    if "weights_only" in text or "Unpickl" in type(error).__name__:
-        return (f"{path!r} holds pickled Python objects (a whole model saved "
-                "with torch.save(model)?), which are not loaded: only plain "
-                "tensors are read, never code. In PyTorch, save "
-                "model.state_dict() instead.")
-    return (f"{path!r} is not a readable PyTorch checkpoint "
-            f"({type(error).__name__}: {text[:200]}); it may be truncated or "
-            "damaged: download or save it again.")
 
 
 def as_numpy_state_dict(state: Mapping) -> dict[str, np.ndarray]:
