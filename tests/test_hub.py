@@ -35,7 +35,9 @@ class _Hub(http.server.BaseHTTPRequestHandler):
             return None
         self.send_response(200)
         self.send_header("X-Repo-Commit", "a" * 40)
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        etag = getattr(self, "etag_of", {}).get(
+            self.path, hashlib.sha256(data).hexdigest())
+        self.send_header("ETag", f'"{etag}"')
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         return data
@@ -105,8 +107,9 @@ def test_weights_by_name_download_once_then_load_from_the_cache(local_hub):
 
 
 def test_a_model_alone_takes_timms_default_tag():
-    assert hub.resolve_name("resnext50_32x4d") == "resnext50_32x4d.a1h_in1k"
-    spec = hub.preprocessing_of("resnext50_32x4d.a1h_in1k")
+    assert hub.resolve_name("seresnext50_32x4d") == (
+        "seresnext50_32x4d", "racm_in1k")
+    spec = hub.preprocessing_of("resnext50_32x4d", "a1h_in1k")
     assert (spec.resize_size, spec.crop_size, spec.interpolation) == (
         235, 224, "bicubic")
     assert hub.resolve_name("resnext29_32x4d") is None  # Nothing published.
@@ -119,8 +122,9 @@ def test_unknown_names_and_missing_files_are_one_clear_error(local_hub,
         rx.load_pretrained("resnext50_32x4d.nonexistent_tag")
     _, handler, _ = local_hub
     handler.files.clear()  # The Hub answers 404.
-    with pytest.raises(OSError, match=r"downloading model.safetensors of "
-                       r"timm/resnext50_32x4d.tv_in1k failed"):
+    with pytest.raises(OSError, match=r"downloading http://.*/timm/"
+                       r"resnext50_32x4d.tv_in1k/resolve/main/"
+                       r"model.safetensors failed"):
         rx.load_pretrained(NAME, **SMALL)
 
 
@@ -128,8 +132,9 @@ def test_no_network_and_no_cache_says_what_to_do(local_hub, monkeypatch):
     _, _, server = local_hub
     server.shutdown()
     server.server_close()
-    with pytest.raises(OSError, match=r"cannot download model.safetensors "
-                       r"of timm/resnext50_32x4d.tv_in1k .* not in the cache"):
+    with pytest.raises(OSError, match=r"cannot download http://.*/timm/"
+                       r"resnext50_32x4d.tv_in1k/resolve/main/"
+                       r"model.safetensors .* not in the cache"):
         rx.load_pretrained(NAME, **SMALL)
 
 
@@ -138,7 +143,7 @@ def test_predict_takes_published_weights_by_name(local_hub, tmp_path,
     from PIL import Image
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(image)
-    predict_command.main(["--pretrained", NAME, "--model-kwargs",
+    predict_command.main(["--model", NAME, "--pretrained", "--model-kwargs",
                   '{"stage_sizes": [1, 1, 1, 1], "cardinality": 4, '
                   '"base_width": 4}', "--crop-size", "32", "--top-k", "2",
                   str(image)])
@@ -148,13 +153,13 @@ def test_predict_takes_published_weights_by_name(local_hub, tmp_path,
 
 def test_the_table_is_timms_pretrained_cfg():
     timm = pytest.importorskip("timm")
-    for name, (interpolation, crop_pct, size) in hub.PRETRAINED.items():
+    for name, (interpolation, crop_pct, size) in hub.TIMM_WEIGHTS.items():
         cfg = timm.models.get_pretrained_cfg(name)
         assert cfg.hf_hub_id == f"timm/{name}", name
         assert (cfg.interpolation, cfg.crop_pct, cfg.input_size[1]) == (
             interpolation, crop_pct, size), name
         assert tuple(cfg.mean) == rx.Preprocessing().mean
-    for model, tag in hub.DEFAULT_TAGS.items():
+    for model, tag in hub.TIMM_DEFAULT_TAGS.items():
         assert timm.models.get_pretrained_cfg(model).hf_hub_id == (
             f"timm/{model}.{tag}")
 
@@ -170,11 +175,24 @@ def test_fine_tuning_starts_from_published_weights_by_name(local_hub):
     for key, value in SMALL.items():
         config.model_kwargs[key] = value
     source = init_from.find_source(config)
-    assert source.kind == "hub" and source.preprocessing.interpolation == (
+    assert source.kind == "published" and source.preprocessing.interpolation == (
         "bilinear")
     model = build_model(config, 10, axis_name=None)
     loaded, record = init_from.load(source, config, model, 10)
     _assert_same(loaded["params"]["layer4_0"],
                  variables["params"]["layer4_0"])
     assert loaded["params"]["fc"]["kernel"].shape == (2048, 10)
-    assert record["kind"] == "hub"
+    assert record["kind"] == "published"
+
+
+def test_a_hub_file_that_differs_from_its_published_hash_is_refused(
+        local_hub):
+    _, handler, _ = local_hub
+    path = f"/timm/{NAME}/resolve/main/model.safetensors"
+    good = handler.files[path]
+    # The Hub publishes the SHA-256 of the right file; different bytes come.
+    handler.files[path] = good[:-8] + bytes(8)
+    handler.etag_of = {path: hashlib.sha256(good).hexdigest()}
+    with pytest.raises(rx.weights.download.HashMismatchError,
+                       match=hashlib.sha256(good).hexdigest()):
+        rx.load_pretrained(NAME, **SMALL)

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import resnext_jax
 from resnext_jax.weights import bundle as rx_bundle
-from resnext_jax.weights import pretrained as rx_hub
+from resnext_jax.weights import pretrained as rx_pretrained
 from resnext_jax.weights.state_dict import TORCH_SUFFIXES
 
 from train import workdir as workdir_lib
@@ -49,7 +49,7 @@ _KINDS = ("a .safetensors or .pth/.pt weights file, a model bundle "
 class Source:
     """A pretrained source, found and described but not yet read."""
     given: str  # config.init_from as written
-    kind: str  # "weights", "bundle", "workdir" or "hub"
+    kind: str  # "weights", "bundle", "workdir" or "published"
     weights: pathlib.Path  # the tensor file
     # The eval spec the weights expect (a bundle's own; for a weights file
     # the registry's, see resnext_jax.weights.pretrained); None if unknown.
@@ -86,15 +86,15 @@ def find_source(config: ml_collections.ConfigDict) -> Source:
     """``config.init_from`` as a :class:`Source`."""
     given = config.init_from
     path = pathlib.Path(given).expanduser()
-    published = None if path.exists() else rx_hub.resolve_name(given)
+    published = None if path.exists() else rx_pretrained.resolve_name(given)
     if published is not None:
         try:
-            downloaded = pathlib.Path(rx_hub.download(published))
-        except (OSError, ImportError) as e:
+            downloaded = rx_pretrained.weights_file(*published)
+        except (OSError, ValueError, ImportError) as e:
             _fail(given, f"names published weights that could not be "
                   f"read: {e}")
-        return Source(given, "hub", downloaded,
-                      rx_hub.preprocessing_of(published))
+        return Source(given, "published", downloaded,
+                      rx_pretrained.preprocessing_of(*published))
     if not path.exists():
         _fail(given, f"does not exist; give {_KINDS}.")
     if path.is_dir():

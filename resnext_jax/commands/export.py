@@ -3,7 +3,7 @@ symbolic batch) of published weights, a weights file, a bundle or a run.
 
 ::
 
-    resnext-export --pretrained resnext50_32x4d model.rxexport
+    resnext-export --model resnext50_32x4d --pretrained model.rxexport
     resnext-export --workdir runs/my_run --platforms cpu,cuda model.rxexport
 """
 

@@ -3,7 +3,7 @@ weights file, a model bundle or a training run.
 
 ::
 
-    resnext-predict --pretrained resnext50_32x4d cat.jpg
+    resnext-predict --model resnext50_32x4d --pretrained cat.jpg
     resnext-predict --model resnext50_32x4d \\
         --weights resnext50_32x4d.safetensors cat.jpg dog.jpg
     resnext-predict --workdir runs/my_run --json images/*.jpg
@@ -23,9 +23,10 @@ import sys
 
 from resnext_jax.commands.edges import command
 from resnext_jax.inference.predict import predict_files
-from resnext_jax.models.registry import parse_model_kwargs
+from resnext_jax.models.registry import model_config, parse_model_kwargs
 from resnext_jax.runtime import prepare_process
-from resnext_jax.weights.bundle import load_pretrained
+from resnext_jax.weights.bundle import load_pretrained, load_published
+from resnext_jax.weights.pretrained import check_tag
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
@@ -44,23 +45,22 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
 # Models from the command line (shared with resnext-export).
 
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options that select a model and its weights."""
     source = parser.add_argument_group("model")
     source.add_argument("--model", help="model name, e.g. resnext50_32x4d "
-                                        "(with --weights)")
+                                        "(with --weights or --pretrained)")
     source.add_argument("--weights",
                         help="torchvision/timm-named checkpoint: "
-                             ".safetensors, or .pth/.pt with torch installed")
+                             ".safetensors or .pth/.pt")
     source.add_argument("--model-kwargs", default="{}",
                         help="JSON of ResNeXt field overrides, e.g. "
                              "'{\"dtype\": \"bfloat16\"}'")
-    source.add_argument("--pretrained",
-                        help="published weights by name, downloaded from "
-                             "the Hugging Face Hub, e.g. "
-                             "resnext50_32x4d.tv_in1k (instead of "
-                             "--model/--weights)")
+    source.add_argument("--pretrained", action="store_true",
+                        help="the published weights of --model (downloaded "
+                             "once): its default, or the tag in --model "
+                             "NAME.TAG, e.g. resnext50_32x4d.IMAGENET1K_V1 "
+                             "(see rx.list_pretrained())")
     source.add_argument("--workdir",
                         help="a training run's directory, or a model bundle "
                              "directory (instead of --model/--weights)")
@@ -69,16 +69,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "the bundle's, or ImageNet for 1000 classes)")
 
 
+def _published(name: str, kwargs: dict):
+    """``--model NAME[.TAG] --pretrained``: the model's published weights."""
+    model_name, _, tag = name.partition(".")
+    model_config(model_name)  # An unknown model is named as such.
+    return load_published(model_name, check_tag(model_name, tag or True),
+                          **kwargs)
+
+
 def load_model(args: argparse.Namespace):
     """``(model, variables, class_names, Preprocessing)`` from parsed model
     arguments (see :func:`add_model_arguments`)."""
     kwargs = parse_model_kwargs(args.model_kwargs)
-    if getattr(args, "pretrained", None):
-        if args.workdir or args.weights or args.model:
-            raise ValueError("give either --pretrained, --workdir or "
-                             "--model/--weights, not several.")
-        model, variables, preprocessing, class_names = load_pretrained(
-            args.pretrained, **kwargs)
+    if args.pretrained:
+        if args.workdir or args.weights or not args.model:
+            raise ValueError("--pretrained takes --model NAME (or NAME.TAG), "
+                             "without --workdir or --weights.")
+        model, variables, preprocessing, class_names = _published(
+            args.model, kwargs)
     elif args.workdir:
         if args.weights or args.model:
             raise ValueError("give either --workdir or --model/--weights, "
@@ -88,7 +96,7 @@ def load_model(args: argparse.Namespace):
     else:
         if not (args.model and args.weights):
             raise ValueError("give --model and --weights (or --workdir, or "
-                             "--pretrained NAME).")
+                             "--model NAME --pretrained).")
         model, variables, preprocessing, class_names = load_pretrained(
             args.weights, args.model, **kwargs)
     if args.labels:

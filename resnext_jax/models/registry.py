@@ -95,12 +95,23 @@ def model_config(name: str) -> dict:
     return dict(_MODELS[name])
 
 
-def create_model(name: str, **overrides: Any) -> ResNeXt:
+def create_model(name: str, pretrained: bool | str = False,
+                 **overrides: Any):
     """Builds a named ResNeXt, e.g. ``create_model("resnext50_32x4d",
     num_classes=10, dtype=jnp.bfloat16, block_form="A")``.
 
-    Any :class:`ResNeXt` field can be overridden.
+    Any :class:`ResNeXt` field can be overridden. With ``pretrained``
+    (``True`` for the model's default weights, or a tag such as
+    ``"IMAGENET1K_V2"`` or ``"a1h_in1k"``: see ``rx.list_pretrained(name)``)
+    it returns ``Pretrained(model, variables, preprocessing, class_names)``
+    instead, the weights downloaded once (a Flax module holds no weights).
     """
+    if pretrained:
+        # Imported here: the weights package builds on this module.
+        from resnext_jax.weights import bundle, pretrained as published  # pylint: disable=import-outside-toplevel
+        model_config(name)  # An unknown name fails as without pretrained.
+        tag = published.check_tag(name, pretrained)
+        return bundle.load_published(name, tag, **overrides)
     config = model_config(name)
     unknown = sorted(set(overrides) - set(_FIELDS))
     if unknown:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax.numpy as jnp
 
 from resnext_jax import __version__
-from resnext_jax.weights import pretrained as hub
+from resnext_jax.weights import pretrained
 from resnext_jax._files import umask_mode
 from resnext_jax.weights.state_dict import (load_torch_state_dict, read_state_dict,
                                  save_safetensors)
@@ -216,11 +216,11 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
     """Loads a model with its variables, preprocessing and class names.
 
     ``path`` is a bundle directory, a training workdir (its ``model/``), a
-    torchvision/timm weights file (``.safetensors``, or ``.pth`` with torch
-    installed) together with ``model_name``, or, where no such path exists,
-    the name of published weights (``"resnext50_32x4d.tv_in1k"``, or a
-    model for timm's default tag), downloaded from the Hugging Face Hub
-    (:mod:`resnext_jax.weights.pretrained`). ``model_kwargs`` override model
+    torchvision/timm weights file (``.safetensors`` or ``.pth``) together
+    with ``model_name``, or, where no such path exists, the name of
+    published weights (``"resnext50_32x4d.IMAGENET1K_V2"``,
+    ``"resnext50_32x4d.a1h_in1k"``, or a model alone for its default),
+    downloaded once (:mod:`resnext_jax.weights.pretrained`). ``model_kwargs`` override model
     fields, e.g. ``dtype=jnp.bfloat16`` or ``conv_impl="xla"``; for a weights
     file the classifier size comes from the file unless ``num_classes`` is
     given.
@@ -243,14 +243,13 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
         class_names = list(config["class_names"])
         return Pretrained(model, variables, preprocessing, class_names)
     if not path.exists():
-        published = hub.resolve_name(str(path)) if model_name is None else None
+        published = (pretrained.resolve_name(str(path)) if model_name is None
+                     else None)
         if published is None:
             raise FileNotFoundError(
                 f"{path} does not exist, and is not the name of published "
-                "weights (resnext_jax.weights.pretrained.available()).")
-        loaded = load_pretrained(hub.download(published),
-                                 published.split(".")[0], **model_kwargs)
-        return loaded._replace(preprocessing=hub.preprocessing_of(published))
+                "weights (rx.list_pretrained()).")
+        return load_published(*published, **model_kwargs)
     if model_name is None:
         raise ValueError(
             f"{path} is a weights file: give the model's name too, e.g. "
@@ -268,3 +267,13 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
         Preprocessing.cifar() if model.stem == "cifar" else Preprocessing())
     return Pretrained(model, variables, preprocessing,
                       default_class_names(model.num_classes))
+
+
+def load_published(model_name: str, tag: str, **model_kwargs: Any
+                   ) -> Pretrained:
+    """Published weights ``model_name.tag`` (downloaded once), with the
+    preprocessing they were published with."""
+    loaded = load_pretrained(pretrained.weights_file(model_name, tag),
+                             model_name, **model_kwargs)
+    return loaded._replace(
+        preprocessing=pretrained.preprocessing_of(model_name, tag))
