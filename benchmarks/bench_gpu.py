@@ -6,9 +6,8 @@ Parts (``--parts``, all by default):
   matmul in TFLOP/s, an elementwise read+write in GB/s).
 * ``conv``: the grouped 3x3 of each ResNeXt-50 stage (stride 1, 32 groups),
   forward and forward+backward, for every lowering: XLA's
-  ``feature_group_count``, the block-diagonal ``dense`` lowering at each
-  chunk size, the ``hybrid_*`` lowerings (native forward and input gradient,
-  kernel gradient another way); against ``torch.nn.Conv2d(groups=32)`` in
+  ``feature_group_count`` and the block-diagonal ``dense`` lowering at each
+  chunk size; against ``torch.nn.Conv2d(groups=32)`` in
   channels_last (autocast for bfloat16).
 * ``model``: the whole ResNeXt-50 32x4d train step (forward, backward, SGD
   momentum, BatchNorm statistics) and inference, per lowering and compute
@@ -31,7 +30,7 @@ it measured. Prints a table per part.
     python benchmarks/bench_gpu.py --parts sanity,conv,check --json gpu_a.json
     python benchmarks/bench_gpu.py --parts model --json gpu_b.json
     python benchmarks/bench_gpu.py --parts model --batch-sizes 256 \
-        --dtypes bfloat16 --model-impls xla,hybrid_im2col --json gpu_c.json
+        --dtypes bfloat16 --json gpu_c.json
     # Anywhere, tiny sizes (what CI runs):
     python benchmarks/bench_gpu.py --smoke --json /tmp/gpu_smoke.json
 """
@@ -59,7 +58,7 @@ STAGES = [("stage1", 56, 128), ("stage2", 28, 256), ("stage3", 14, 512),
 GROUPS = 32
 # The block-diagonal "dense" lowering multiplies the grouped 3x3's work by
 # the chunk size: a CPU lowering, timed on the model only when asked for.
-MODEL_IMPLS = ("xla", "hybrid_im2col", "hybrid_blockdiag")
+MODEL_IMPLS = ("xla",)
 ALL_PARTS = ("sanity", "conv", "model", "check")
 
 
@@ -192,14 +191,10 @@ def part_sanity(args, results: Results):
 # ---------------------------------------------------------------------------
 # conv
 
-def _conv_variants(chunks: list[int], backward: bool) -> list[tuple]:
+def _conv_variants(chunks: list[int]) -> list[tuple]:
     """(label, impl, chunk_groups) for every lowering worth timing."""
     variants = [("xla", "xla", None)]
     variants += [(f"dense/c{c}", "dense", c) for c in chunks]
-    if backward:  # The hybrids' forward is xla's.
-        variants += [(f"hybrid_blockdiag/c{c}", "hybrid_blockdiag", c)
-                     for c in chunks]
-        variants.append(("hybrid_im2col", "hybrid_im2col", None))
     return variants
 
 
@@ -267,8 +262,7 @@ def part_conv(args, results: Results):
             for backward in (False, True):
                 mode = "fwd+bwd" if backward else "fwd"
                 useful = flops * (3 if backward else 1)
-                for label, impl, chunk in _conv_variants(args.chunks,
-                                                         backward):
+                for label, impl, chunk in _conv_variants(args.chunks):
                     if chunk is not None and GROUPS % chunk:
                         continue
                     sec = _guarded(results, f"conv {stage} {dtype} {mode} "
@@ -640,7 +634,7 @@ def parse_args(argv=None):
         args.chunks, args.check_batch = [4], 2
         args.dtypes = ["float32"]
         args.model_impls = ["xla"]
-        args.check_impls = ["auto", "hybrid_im2col"]
+        args.check_impls = ["auto", "dense"]
         args.stages = ["stage1"]
         args.iters, args.train_iters, args.repeats, args.warmup = 1, 1, 1, 1
         args.matmul_size, args.copy_mib = 256, 4

@@ -45,7 +45,7 @@ case "${1:-}" in
     step 260 conv $BENCH --parts conv --chunks 1,4,32 --json "$OUT/conv.json"
     step 100 check $BENCH --parts check --json "$OUT/check.json"
     step 200 model_f32 $BENCH --parts model --dtypes float32 \
-      --model-impls "${IMPLS:-xla,hybrid_im2col}" --no-torch-compile \
+      --model-impls "${IMPLS:-xla}" --no-torch-compile \
       --json "$OUT/model_f32.json"
     ;;
   trainer)
@@ -58,11 +58,11 @@ case "${1:-}" in
       --config.log_every_steps=50 --config.checkpoint_every_steps=300
     step 200 model_b256 $BENCH --parts model --modes train \
       --batch-sizes 256 --dtypes bfloat16 \
-      --model-impls "${IMPLS:-xla,hybrid_im2col}" --no-torch-compile \
+      --model-impls "${IMPLS:-xla}" --no-torch-compile \
       --json "$OUT/model_b256.json"
     ;;
   check)  # One process per lowering: an XLA crash stops only its own.
-    for impl in ${IMPLS:-dense hybrid_blockdiag hybrid_im2col}; do
+    for impl in ${IMPLS:-auto dense}; do
       step 100 "check_$impl" $BENCH --parts check --check-impls "$impl" \
         --json "$OUT/check_$impl.json"
       step 100 "check_${impl}_no_triton_gemm" env \

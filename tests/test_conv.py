@@ -134,7 +134,7 @@ def test_auto_resolves_by_platform():
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 8])
-def test_hybrid_kernel_gradient_at_every_chunk_size(chunk):
+def test_dense_kernel_gradient_at_every_chunk_size(chunk):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 7, 32))
     kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 32))
 
@@ -143,7 +143,7 @@ def test_hybrid_kernel_gradient_at_every_chunk_size(chunk):
             x, k, strides=(2, 2), groups=8, impl=impl,
             chunk_groups=chunk_groups))))(kernel)
 
-    np.testing.assert_allclose(kernel_grad("hybrid_blockdiag", chunk),
+    np.testing.assert_allclose(kernel_grad("dense", chunk),
                                kernel_grad("xla"), atol=1e-4)
 
 

@@ -18,12 +18,6 @@ Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
   is far faster on CPU despite the zeros it multiplies. Where XLA:CPU's
   kernel gradient is slow (strided, or 64+ or at most 4 input channels per
   convolution), it is one batched GEMM over image patches instead.
-* ``"hybrid_blockdiag"`` and ``"hybrid_im2col"``: the native forward and input
-  gradient, with the kernel gradient computed another way (the dense
-  block-diagonal convolutions' kernel gradient, or patches and one batched
-  GEMM per group). Candidates for GPUs, where XLA's grouped-convolution kernel
-  gradient is about as slow as a dense one (jax-ml/jax#13800);
-  ``benchmarks/bench_gpu.py`` measures them.
 * ``"auto"``: one traced program that holds each platform's lowering
   (:data:`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``, in the
   forward and in the backward pass (:mod:`resnext_jax.layers.platform_choice`).
@@ -48,13 +42,10 @@ from resnext_jax.layers import platform_choice
 
 Padding = str | Sequence[tuple[int, int]]
 
-CONV_IMPLS = ("auto", "xla", "dense", "hybrid_blockdiag", "hybrid_im2col")
+CONV_IMPLS = ("auto", "xla", "dense")
 
-# What "auto" compiles to on each platform (jax.export's platform names).
-# CUDA: measured (benchmarks/bench_gpu.py, H100, jax 0.11.2): the native
-# grouped convolution wins the ResNeXt-50 train step, 4,063 img/s in bf16
-# against 3,084 for hybrid_blockdiag and 1,279 for hybrid_im2col. ROCm and
-# TPU keep it too, unmeasured.
+# What "auto" compiles to on each platform (jax.export's platform names);
+# the measurements behind the choice are in docs/performance.md.
 AUTO_LOWERINGS = {"cpu": "dense", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
 # Any other platform jax may add later.
 _AUTO_DEFAULT = "xla"
@@ -335,58 +326,6 @@ _conv_patches_kernel_grad.defvjp(_conv_patches_kernel_grad_fwd,
                                  _conv_patches_kernel_grad_bwd)
 
 
-def _patches_kernel_grad(x, dy, kernel_shape, strides, padding, groups):
-    """Kernel gradient of a grouped conv from image patches.
-
-    One batched GEMM over the groups: ``dW[g] = patches[g]^T @ dy[g]``,
-    contracting over every output pixel of the batch.
-    """
-    kh, kw, cin_g, cout = kernel_shape
-    patches = lax.conv_general_dilated_patches(
-        x, (kh, kw), strides, padding, dimension_numbers=_DIMENSION_NUMBERS)
-    n, ho, wo, _ = patches.shape
-    # Patch features are ordered (input channel, kh, kw).
-    patches = patches.reshape(n * ho * wo, groups, cin_g, kh, kw)
-    dy = dy.reshape(n * ho * wo, groups, cout // groups)
-    dw = jnp.einsum("pgcij,pgo->ijcgo", patches, dy,
-                    preferred_element_type=jnp.float32)
-    return dw.reshape(kernel_shape).astype(dy.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _hybrid_conv(x, kernel, strides, padding, groups, kernel_grad,
-                 chunk_groups):
-    """Native grouped conv whose kernel gradient is computed by
-    ``kernel_grad`` ("blockdiag" or "im2col") instead of XLA's."""
-    return _conv(x, kernel, strides, padding, groups)
-
-
-def _hybrid_fwd(x, kernel, strides, padding, groups, kernel_grad,
-                chunk_groups):
-    return _conv(x, kernel, strides, padding, groups), (x, kernel)
-
-
-def _hybrid_bwd(strides, padding, groups, kernel_grad, chunk_groups,
-                residuals, dy):
-    x, kernel = residuals
-    _, input_vjp = jax.vjp(
-        lambda x: _conv(x, kernel, strides, padding, groups), x)
-    dx, = input_vjp(dy)
-    if kernel_grad == "im2col":
-        dw = _patches_kernel_grad(x, dy, kernel.shape, strides, padding,
-                                  groups)
-    else:
-        _, kernel_vjp = jax.vjp(
-            lambda k: _blockdiag_conv(x, k, strides, padding, groups,
-                                      chunk_groups),
-            kernel)
-        dw, = kernel_vjp(dy)
-    return dx, dw.astype(kernel.dtype)
-
-
-_hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
-
-
 def _hashable_padding(padding: Padding) -> Padding:
     if isinstance(padding, str):
         return padding
@@ -402,8 +341,8 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
 
     Every lowering computes the same function as
     ``lax.conv_general_dilated(..., feature_group_count=groups)``.
-    ``chunk_groups`` (groups per dense convolution) tunes the ``dense`` and
-    ``hybrid_blockdiag`` lowerings; by default it is :func:`default_chunk_groups`.
+    ``chunk_groups`` (groups per dense convolution) tunes the ``dense``
+    lowering; by default it is :func:`default_chunk_groups`.
     """
     check_conv_impl(impl)
     strides = tuple(strides)
@@ -426,15 +365,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
     def dense(x, k):
         return _dense_conv(x, k, strides, padding, groups, chunk_groups)
 
-    def hybrid(kernel_grad):
-        if groups == 1:
-            return xla  # A 1x1 dense conv: XLA's own gradient is dense too.
-        return lambda x, k: _hybrid_conv(x, k, strides, padding, groups,
-                                         kernel_grad, chunk_groups)
-
-    lowerings = {"xla": xla, "dense": dense,
-                 "hybrid_blockdiag": hybrid("blockdiag"),
-                 "hybrid_im2col": hybrid("im2col")}
+    lowerings = {"xla": xla, "dense": dense}
     if impl == "auto":
         return _per_platform(lowerings, x, kernel)
     return lowerings[impl](x, kernel)
