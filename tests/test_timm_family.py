@@ -109,7 +109,8 @@ def test_forms_a_and_b_carry_the_attention(attn_layer):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 16))
     block_c = rx.Bottleneck(planes=8, cardinality=4, base_width=16, strides=2,
                             attn_layer=attn_layer, avg_down=True,
-                            zero_init_residual=False, conv_impl="xla")
+                            zero_init_residual=False,
+                            layers=rx.layers.LayerFactory(conv_impl="xla"))
     variables = randomize(block_c.init(jax.random.PRNGKey(1), x), seed=5)
     assert "se" in variables["params"]
     y_c = block_c.apply(variables, x)

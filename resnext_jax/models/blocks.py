@@ -23,22 +23,18 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.layers.batchnorm import BatchNorm, bn_impl_for
-from resnext_jax.layers.conv import GroupedConv, check_conv_impl
+from resnext_jax.layers.factory import LayerFactory
 
 BLOCK_FORMS = ("A", "B", "C")
 # Channel attention after the block's last BN (timm's ``attn_layer``).
 ATTN_LAYERS = (None, "se", "eca")
 EXPANSION = 4  # output channels = 4 * planes (paper Table 1)
 
-# torchvision's conv init: kaiming normal, fan_out, ReLU gain.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch's default Conv1d init, uniform(+-1/sqrt(fan_in)), which timm leaves
 # on the ECA convolution (its init only touches Conv2d).
 _torch_default_kernel_init = nn.initializers.variance_scaling(
@@ -61,37 +57,6 @@ def check_attn_layer(attn_layer: str | None) -> str | None:
             f"of {ATTN_LAYERS} (se: squeeze-and-excitation, eca: efficient "
             "channel attention).")
     return attn_layer
-
-
-def check_float_dtype(field: str, dtype: Any) -> None:
-    """A computation or parameter dtype must be a floating type: integer
-    weights and activations give all-zero logits, not an error."""
-    try:
-        kind = jnp.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"{field} (={dtype!r}) is not a dtype; use a "
-                         "floating type, e.g. 'float32' or 'bfloat16'."
-                         ) from None
-    if not jnp.issubdtype(kind, jnp.floating):
-        raise ValueError(f"{field} (={dtype!r}) must be a floating type "
-                         "(float32, bfloat16, float16): the network's "
-                         "weights and activations are real numbers.")
-
-
-def check_batchnorm_constants(momentum: float, epsilon: float) -> None:
-    """BatchNorm's running-average momentum in [0, 1] and a positive
-    epsilon; a negative epsilon makes NaN of a zero variance."""
-    for field, value in (("bn_momentum", momentum), ("bn_epsilon", epsilon)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
-                not math.isfinite(value)):
-            raise ValueError(f"{field} (={value!r}) must be a finite number.")
-    if not 0 <= momentum <= 1:
-        raise ValueError(f"bn_momentum (={momentum!r}) must be in [0, 1]: "
-                         "the weight of the running average (torch's 0.1 "
-                         "is 0.9 here; 1 freezes the statistics).")
-    if epsilon <= 0:
-        raise ValueError(f"bn_epsilon (={epsilon!r}) must be positive: it "
-                         "keeps the normalization finite at zero variance.")
 
 
 def check_drop_path_rate(rate: float) -> None:
@@ -144,65 +109,30 @@ def bottleneck_width(planes: int, cardinality: int, base_width: int) -> int:
     return int(planes * (base_width / 64.0)) * cardinality
 
 
-class _Common(nn.Module):
-    """Fields shared by the block and its branches."""
-
-    strides: int = 1
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    axis_name: str | None = None
-
-    def _conv(self, features, kernel_size, strides=1, groups=1, name=None,
-              dilation=1):
-        # Every convolution goes through GroupedConv so that the selected
-        # lowering applies to all of them (1x1s become GEMMs on CPU).
-        # torchvision's symmetric padding, which keeps the size of a
-        # dilated 3x3 too.
-        pad = (kernel_size - 1) // 2 * dilation
-        return GroupedConv(
-            features, (kernel_size, kernel_size), strides=(strides, strides),
-            padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-            use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=conv_kernel_init, impl=self.conv_impl,
-            kernel_dilation=dilation, name=name)
-
-    def _norm(self, train, name, zero_scale=False, activation=None):
-        # flax's BatchNorm, with the ReLU (and residual add) that follows it
-        # fused in; the lowering follows the convolutions' (see bn_impl_for).
-        return BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype,
-            param_dtype=self.param_dtype, axis_name=self.axis_name,
-            scale_init=(nn.initializers.zeros_init() if zero_scale
-                        else nn.initializers.ones_init()),
-            activation=activation, impl=bn_impl_for(self.conv_impl),
-            name=name)
-
-
-class Branch(_Common):
+class Branch(nn.Module):
     """One path of forms A and B: 1x1 -> BN -> ReLU -> 3x3 -> BN -> ReLU
     [-> 1x1 to ``out_features``, form A only]."""
 
     width: int = 4
+    strides: int = 1
     out_features: int | None = None  # set for form A
     dilation: int = 1
+    layers: LayerFactory = LayerFactory()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = self._conv(self.width, 1, name="conv1")(x)
-        y = self._norm(train, "bn1", activation="relu")(y)
-        y = self._conv(self.width, 3, self.strides, name="conv2",
-                       dilation=self.dilation)(y)
-        y = self._norm(train, "bn2", activation="relu")(y)
+        conv, norm = self.layers.conv, self.layers.norm
+        y = conv(self.width, 1, name="conv1")(x)
+        y = norm(train, "bn1", activation="relu")(y)
+        y = conv(self.width, 3, self.strides, dilation=self.dilation,
+                 name="conv2")(y)
+        y = norm(train, "bn2", activation="relu")(y)
         if self.out_features is not None:
-            y = self._conv(self.out_features, 1, name="conv3")(y)
+            y = conv(self.out_features, 1, name="conv3")(y)
         return y
 
 
-class Downsample(_Common):
+class Downsample(nn.Module):
     """Projection shortcut (paper option B): 1x1 conv with stride, then BN.
 
     With ``avg_down`` (ResNet-D, He et al. 2019, "Bag of Tricks", Sec. 4.2)
@@ -214,8 +144,10 @@ class Downsample(_Common):
     """
 
     features: int = 256
+    strides: int = 1
     avg_down: bool = False
     dilation: int = 1
+    layers: LayerFactory = LayerFactory()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -226,8 +158,8 @@ class Downsample(_Common):
         elif self.avg_down and self.dilation > 1:
             x = nn.avg_pool(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))),
                             (2, 2), strides=(1, 1), padding="VALID")
-        x = self._conv(self.features, 1, strides, name="conv")(x)
-        return self._norm(train, "bn")(x)
+        x = self.layers.conv(self.features, 1, strides, name="conv")(x)
+        return self.layers.norm(train, "bn")(x)
 
 
 def _avg_pool_ceil(x, stride):
@@ -248,21 +180,17 @@ class SqueezeExcite(nn.Module):
     to a multiple of 8) with bias, ReLU, 1x1 conv back with bias, sigmoid gate.
     Layer names ``fc1``, ``fc2`` are timm's."""
 
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    layers: LayerFactory = LayerFactory()
 
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
         reduced = make_divisible(channels / 16, 8)
-        conv = functools.partial(
-            GroupedConv, kernel_size=(1, 1), padding=((0, 0), (0, 0)),
-            use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=conv_kernel_init, impl=self.conv_impl)
         s = jnp.mean(x, axis=(1, 2), keepdims=True, dtype=jnp.float32)
-        s = nn.relu(conv(reduced, name="fc1")(s.astype(x.dtype)))
-        s = conv(channels, name="fc2")(s)
+        s = self.layers.conv(reduced, 1, use_bias=True, name="fc1")(
+            s.astype(x.dtype))
+        s = self.layers.conv(channels, 1, use_bias=True, name="fc2")(
+            nn.relu(s))
         return x * nn.sigmoid(s)
 
 
@@ -272,8 +200,7 @@ class EfficientChannelAttention(nn.Module):
     a 1-D convolution across channels (kernel from :func:`eca_kernel_size`, no
     bias), sigmoid gate. The layer name ``conv`` is timm's."""
 
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    layers: LayerFactory = LayerFactory()
 
     @nn.compact
     def __call__(self, x):
@@ -282,14 +209,14 @@ class EfficientChannelAttention(nn.Module):
         s = jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
         # Channels as a length-C sequence of one feature: kernel (k, 1, 1).
         s = nn.Conv(1, (k,), padding=(((k - 1) // 2, (k - 1) // 2),),
-                    use_bias=False, dtype=self.dtype,
-                    param_dtype=self.param_dtype,
+                    use_bias=False, dtype=self.layers.dtype,
+                    param_dtype=self.layers.param_dtype,
                     kernel_init=_torch_default_kernel_init,
                     name="conv")(s.reshape(n, channels, 1))
         return x * nn.sigmoid(s).reshape(n, 1, 1, channels)
 
 
-class Bottleneck(_Common):
+class Bottleneck(nn.Module):
     """ResNeXt bottleneck block; the stride sits on the 3x3 (as torchvision).
 
     Attributes:
@@ -306,9 +233,12 @@ class Bottleneck(_Common):
         before the shortcut is added (timm's placement): None, "se" or "eca".
       avg_down: average-pool projection shortcut (ResNet-D; see
         :class:`Downsample`).
+      layers: how convolutions and BatchNorms are built (precision,
+        lowering, BN constants): :class:`~resnext_jax.layers.LayerFactory`.
     """
 
     planes: int = 64
+    strides: int = 1
     cardinality: int = 1
     base_width: int = 64
     width: int | None = None
@@ -320,11 +250,11 @@ class Bottleneck(_Common):
     drop_path_rate: float = 0.0
     dilation: int = 1
     first_dilation: int | None = None
+    layers: LayerFactory = LayerFactory()
 
     def __post_init__(self):
         check_block_form(self.form)
         check_drop_path_rate(self.drop_path_rate)
-        check_conv_impl(self.conv_impl)
         check_attn_layer(self.attn_layer)
         if not isinstance(self.avg_down, bool):
             raise ValueError(
@@ -353,34 +283,28 @@ class Bottleneck(_Common):
     def out_features(self) -> int:
         return self.planes * self.expansion
 
-    def _common(self) -> dict:
-        return dict(strides=self.strides, conv_impl=self.conv_impl,
-                    dtype=self.dtype, param_dtype=self.param_dtype,
-                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                    axis_name=self.axis_name)
-
     def residual(self, x, train: bool):
         """The residual function up to ``conv3`` (``bn3`` follows in
         ``__call__``), in the block's form."""
         width, out_features = self.group_conv_width, self.out_features
+        dilation = self.first_dilation or self.dilation
+        conv, norm = self.layers.conv, self.layers.norm
         if self.form == "C":
-            y = self._conv(width, 1, name="conv1")(x)
-            y = self._norm(train, "bn1", activation="relu")(y)
-            y = self._conv(width, 3, self.strides, groups=self.cardinality,
-                           name="conv2",
-                           dilation=self.first_dilation or self.dilation)(y)
-            y = self._norm(train, "bn2", activation="relu")(y)
-            return self._conv(out_features, 1, name="conv3")(y)
+            y = conv(width, 1, name="conv1")(x)
+            y = norm(train, "bn1", activation="relu")(y)
+            y = conv(width, 3, self.strides, groups=self.cardinality,
+                     dilation=dilation, name="conv2")(y)
+            y = norm(train, "bn2", activation="relu")(y)
+            return conv(out_features, 1, name="conv3")(y)
         branch = functools.partial(
-            Branch, width=width // self.cardinality,
-            dilation=self.first_dilation or self.dilation,
+            Branch, width=width // self.cardinality, strides=self.strides,
             out_features=out_features if self.form == "A" else None,
-            **self._common())
+            dilation=dilation, layers=self.layers)
         outs = [branch(name=f"branch_{i}")(x, train)
                 for i in range(self.cardinality)]
         if self.form == "A":
             return functools.reduce(jnp.add, outs)
-        return self._conv(out_features, 1, name="conv3")(
+        return conv(out_features, 1, name="conv3")(
             jnp.concatenate(outs, axis=-1))
 
     def shortcut(self, x, train: bool):
@@ -389,9 +313,9 @@ class Bottleneck(_Common):
         Table 5 ablation)."""
         if self.strides == 1 and x.shape[-1] == self.out_features:
             return x
-        return Downsample(features=self.out_features,
+        return Downsample(features=self.out_features, strides=self.strides,
                           avg_down=self.avg_down, dilation=self.dilation,
-                          name="downsample", **self._common())(x, train)
+                          layers=self.layers, name="downsample")(x, train)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -399,19 +323,18 @@ class Bottleneck(_Common):
         shortcut = self.shortcut(x, train)
         drop = train and self.drop_path_rate > 0
         fused = self.attn_layer is None and not drop and shortcut is not None
-        bn3 = self._norm(train, "bn3", zero_scale=self.zero_init_residual,
-                         activation="relu" if fused else None)
+        bn3 = self.layers.norm(train, "bn3",
+                               zero_scale=self.zero_init_residual,
+                               activation="relu" if fused else None)
         if fused:
             # relu(bn3(y) + shortcut) in one fused op.
             return bn3(y, residual=shortcut)
         y = bn3(y)
         # timm names the attention module "se" whatever its kind.
         if self.attn_layer == "se":
-            y = SqueezeExcite(conv_impl=self.conv_impl, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="se")(y)
+            y = SqueezeExcite(layers=self.layers, name="se")(y)
         elif self.attn_layer == "eca":
-            y = EfficientChannelAttention(
-                dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
+            y = EfficientChannelAttention(layers=self.layers, name="se")(y)
         if drop:
             y = drop_path(y, self.drop_path_rate, dropout_rng(self))
         return nn.relu(y if shortcut is None else y + shortcut)

@@ -17,12 +17,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnext_jax.models.blocks import (EXPANSION, Bottleneck, _Common,
-                                check_attn_layer, check_batchnorm_constants,
-                                check_block_form, check_drop_path_rate,
-                                check_float_dtype, conv_kernel_init)
-from resnext_jax.layers.batchnorm import BatchNorm, bn_impl_for
-from resnext_jax.layers.conv import GroupedConv, check_conv_impl, max_pool
+from resnext_jax.layers.conv import max_pool
+from resnext_jax.layers.factory import LayerFactory
+from resnext_jax.models.blocks import (EXPANSION, Bottleneck,
+                                       check_attn_layer, check_block_form,
+                                       check_drop_path_rate)
 
 STEMS = ("imagenet", "cifar")
 # The ImageNet stem's first layers (timm's ``stem_type``): "" is the 7x7 conv;
@@ -42,7 +41,7 @@ STAGE_STRIDES = {"imagenet": (1, 2, 2, 2), "cifar": (1, 2, 2)}
 STEM_FEATURES = 64
 
 
-class DeepStem(_Common):
+class DeepStem(nn.Module):
     """timm's deep stem before ``bn1``: 3x3/2 conv, BN, ReLU, 3x3 conv, BN,
     ReLU, 3x3 conv to ``features``. Names carry the index of the layer in
     timm's ``conv1`` ``nn.Sequential`` (``conv_0`` is ``conv1.0``, ``bn_1``
@@ -50,14 +49,16 @@ class DeepStem(_Common):
 
     widths: Sequence[int] = (32, 32)
     features: int = STEM_FEATURES
+    layers: LayerFactory = LayerFactory()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = self._conv(self.widths[0], 3, 2, name="conv_0")(x)
-        x = self._norm(train, "bn_1", activation="relu")(x)
-        x = self._conv(self.widths[1], 3, name="conv_3")(x)
-        x = self._norm(train, "bn_4", activation="relu")(x)
-        return self._conv(self.features, 3, name="conv_6")(x)
+        conv, norm = self.layers.conv, self.layers.norm
+        x = conv(self.widths[0], 3, 2, name="conv_0")(x)
+        x = norm(train, "bn_1", activation="relu")(x)
+        x = conv(self.widths[1], 3, name="conv_3")(x)
+        x = norm(train, "bn_4", activation="relu")(x)
+        return conv(self.features, 3, name="conv_6")(x)
 
 
 class ResNeXt(nn.Module):
@@ -159,10 +160,15 @@ class ResNeXt(nn.Module):
         self._validate()
         super().__post_init__()
 
+    @property
+    def layers(self) -> LayerFactory:
+        """How every convolution and BatchNorm is built: the precision,
+        lowering and BN fields, checked when it is made."""
+        return LayerFactory(self.conv_impl, self.dtype, self.param_dtype,
+                            self.bn_momentum, self.bn_epsilon, self.axis_name)
+
     def _validate(self):
-        check_float_dtype("dtype", self.dtype)
-        check_float_dtype("param_dtype", self.param_dtype)
-        check_batchnorm_constants(self.bn_momentum, self.bn_epsilon)
+        self.layers  # pylint: disable=pointless-statement  # Checks them.
         check_drop_path_rate(self.drop_path_rate)
         if not isinstance(self.features_only, bool):
             raise ValueError(f"features_only (={self.features_only!r}) must "
@@ -216,7 +222,6 @@ class ResNeXt(nn.Module):
                 f"num_classes (={self.num_classes!r}) must be a non-negative "
                 "integer (0 drops the classifier head).")
         check_block_form(self.block_form)
-        check_conv_impl(self.conv_impl)
         check_attn_layer(self.attn_layer)
         if self.stem_type not in STEM_TYPES:
             raise ValueError(
@@ -298,27 +303,12 @@ class ResNeXt(nn.Module):
         """``conv1`` (the 7x7/2, timm's deep stems, or CIFAR's 3x3) and
         ``bn1`` with its ReLU: timm's ``act1`` map, before the max-pool."""
         if self.stem_type:
-            conv = DeepStem(widths=DEEP_STEM_WIDTHS[self.stem_type],
-                            features=STEM_FEATURES, conv_impl=self.conv_impl,
-                            dtype=self.dtype, param_dtype=self.param_dtype,
-                            bn_momentum=self.bn_momentum,
-                            bn_epsilon=self.bn_epsilon,
-                            axis_name=self.axis_name, name="conv1")
-            x = conv(x, train)
+            x = DeepStem(widths=DEEP_STEM_WIDTHS[self.stem_type],
+                         layers=self.layers, name="conv1")(x, train)
         else:
             size, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-            pad = (size - 1) // 2
-            x = GroupedConv(STEM_FEATURES, (size, size),
-                            strides=(stride, stride),
-                            padding=((pad, pad), (pad, pad)), use_bias=False,
-                            dtype=self.dtype, param_dtype=self.param_dtype,
-                            kernel_init=conv_kernel_init,
-                            impl=self.conv_impl, name="conv1")(x)
-        return BatchNorm(use_running_average=not train, name="bn1",
-                         momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                         dtype=self.dtype, param_dtype=self.param_dtype,
-                         axis_name=self.axis_name, activation="relu",
-                         impl=bn_impl_for(self.conv_impl))(x)
+            x = self.layers.conv(STEM_FEATURES, size, stride, name="conv1")(x)
+        return self.layers.norm(train, "bn1", activation="relu")(x)
 
     def _blocks(self):
         """``(stage, name, is_last_of_stage, block)`` of every block, in
@@ -348,10 +338,7 @@ class ResNeXt(nn.Module):
                     form=self.block_form,
                     zero_init_residual=self.zero_init_residual,
                     attn_layer=self.attn_layer, avg_down=self.avg_down,
-                    conv_impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                    axis_name=self.axis_name))
+                    layers=self.layers))
                 index, previous_dilation = index + 1, dilation
 
     @nn.compact
