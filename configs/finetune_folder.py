@@ -2,20 +2,19 @@
 
 The folder holds one subfolder of images per class, or train/ beside val/
 with those subfolders (also training/, and valid/, validation/, eval/,
-dev/, test/ or testing/; README, "Data"); the class count comes from it. It
-needs at least batch_size (64) training images. With the
-torchvision weights of ResNeXt-50 (converted once to .safetensors, see the
-README):
+dev/, test/ or testing/; docs/training.md); the class count comes from it.
+It needs at least batch_size (64) training images. From torchvision's
+ResNeXt-50 weights, by name (downloaded once):
 
   python -m train --config configs/finetune_folder.py \\
       --config.model=resnext50_32x4d \\
-      --config.init_from=resnext50_32x4d.safetensors \\
+      --config.init_from=resnext50_32x4d.IMAGENET1K_V1 \\
       --config.data_dir=$HOME/my_images --workdir runs/my_images
 
 The classifier is fresh (unless the folder has the source's class count,
 config.head), everything else starts from the weights; eval preprocessing
-follows the source (for torchvision weights: resize 256, bilinear, center
-crop 224). --config.trainable=head trains the classifier alone (linear
+follows the source (for torchvision's V1 weights: resize 256, bilinear,
+center crop 224). --config.trainable=head trains the classifier alone (linear
 probing, the backbone and its BatchNorm statistics frozen).
 """
 

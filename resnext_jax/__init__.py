@@ -4,10 +4,10 @@ Reference: "Aggregated Residual Transformations for Deep Neural Networks",
 https://arxiv.org/abs/1611.05431
 
 The names here cover what a user does; the subpackages hold the rest:
-:mod:`~resnext_jax.layers` (the grouped convolution, BatchNorm),
-:mod:`~resnext_jax.models` (the network, its block, the registry, counts),
-:mod:`~resnext_jax.weights` (pretrained weights, bundles, state dicts, block
-forms) and :mod:`~resnext_jax.inference` (preprocessing, prediction,
+`layers` (the grouped convolution, BatchNorm),
+`models` (the network, its block, the registry, counts),
+`weights` (pretrained weights, bundles, state dicts, block
+forms) and `inference` (preprocessing, prediction,
 export, serving).
 """
 

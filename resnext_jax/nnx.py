@@ -11,10 +11,10 @@
     model.eval()               # running averages
     logits = model(images)
 
-An :class:`ResNeXt` here holds the linen :class:`resnext_jax.ResNeXt`
+An `ResNeXt` here holds the linen `resnext_jax.ResNeXt`
 through ``flax.nnx.bridge.ToNNX``: the same function and the same parameter
 tree, so torchvision/timm weights and bundles load into it exactly
-(:func:`from_linen`, :func:`to_linen_variables`). What the bridge alone
+(`from_linen`, `to_linen_variables`). What the bridge alone
 leaves to the user, passing ``mutable=["batch_stats"]`` in training (without
 it the call fails with ``ModifyScopeVariableError``) and the ``train``
 argument, follows ``model.train()`` / ``model.eval()`` here.
@@ -37,7 +37,7 @@ _INIT_SIZE = 32
 
 
 class ResNeXt(nnx.Module):
-    """A linen :class:`resnext_jax.ResNeXt` as an NNX module.
+    """A linen `resnext_jax.ResNeXt` as an NNX module.
 
     Starts in eval mode (``use_running_average=True``), as NNX's own
     ``BatchNorm`` does; ``model.train()`` and ``model.eval()`` switch it.
@@ -63,14 +63,14 @@ class ResNeXt(nnx.Module):
 
 
 def create_model(name: str, *, rngs: nnx.Rngs, **overrides: Any) -> ResNeXt:
-    """A registry model (:func:`resnext_jax.create_model`) as NNX."""
+    """A registry model (`resnext_jax.create_model`) as NNX."""
     return ResNeXt(models.create_model(name, **overrides), rngs=rngs)
 
 
 def from_linen(model: models.ResNeXt, variables: Mapping[str, Any], *,
                rngs: nnx.Rngs | None = None) -> ResNeXt:
     """An NNX module holding ``variables`` (``{"params", "batch_stats"}``
-    of the linen ``model``, e.g. from :func:`resnext_jax.load_pretrained`)."""
+    of the linen ``model``, e.g. from `resnext_jax.load_pretrained`)."""
     return ResNeXt(model, rngs=rngs or nnx.Rngs(0), variables=variables)
 
 

@@ -13,7 +13,7 @@ EXIT_BROKEN_PIPE = 141
 def command(main):
     """Wraps a command's ``main``: when the reader of its output stops
     reading (``resnext-summary --list | head -1``), it exits quietly with
-    :data:`EXIT_BROKEN_PIPE`, as Unix tools do, instead of a
+    `EXIT_BROKEN_PIPE`, as Unix tools do, instead of a
     ``BrokenPipeError`` traceback."""
     @functools.wraps(main)
     def run(*args, **kwargs):

@@ -79,7 +79,7 @@ def _published(name: str, kwargs: dict):
 
 def load_model(args: argparse.Namespace):
     """``(model, variables, class_names, Preprocessing)`` from parsed model
-    arguments (see :func:`add_model_arguments`)."""
+    arguments (see `add_model_arguments`)."""
     kwargs = parse_model_kwargs(args.model_kwargs)
     if args.pretrained:
         if args.workdir or args.weights or not args.model:

@@ -1,5 +1,5 @@
 """``resnext-serve``: top-5 labels per image from an exported model
-(``resnext-export``), through :mod:`resnext_jax.inference.serving`.
+(``resnext-export``), through `resnext_jax.inference.serving`.
 
 ::
 

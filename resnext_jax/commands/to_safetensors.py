@@ -5,8 +5,8 @@
     python -m resnext_jax.commands.to_safetensors --model resnext50_32x4d \\
         resnext50_32x4d-1a0047aa.pth resnext50_32x4d.safetensors
 
-Reading ``.pth`` needs torch; the output is read with numpy alone, so
-predict, export and fine-tuning then run without torch.
+The ``.pth`` is read without torch (tensors only, no code executed); the
+``.safetensors`` written is smaller to ship and faster to read.
 """
 
 from __future__ import annotations

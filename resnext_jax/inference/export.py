@@ -6,7 +6,7 @@ dimension: one file serves any batch size. The weights are arguments rather
 than constants folded into the program, so XLA compiles quickly and the file
 stays loadable for the largest models.
 
-Load and run the file with :mod:`resnext_jax.inference.serving`, which
+Load and run the file with `resnext_jax.inference.serving`, which
 needs numpy and jax only (it can be copied beside a server).
 """
 
@@ -68,9 +68,9 @@ def export_model(model: ResNeXt, variables: Mapping, *,
     """Exports eval-mode inference; returns ``(Exported, flat_weights)``.
 
     Args:
-      model: the :class:`ResNeXt`.
+      model: the `ResNeXt`.
       variables: its ``{"params": ..., "batch_stats": ...}``.
-      platforms: targets, any of :data:`PLATFORMS`; lowering for an
+      platforms: targets, any of `PLATFORMS`; lowering for an
         accelerator does not need one present.
       image_size: height and width of the input images.
     """
@@ -114,7 +114,7 @@ def save_exported(path: str | os.PathLike, model: ResNeXt,
     """Exports the model and writes it to ``path``; returns the metadata.
 
     ``path`` is new or an earlier export, replaced whole by one rename;
-    anything else there is refused (:func:`check_output`).
+    anything else there is refused (`check_output`).
 
     Read it back with ``resnext_jax.inference.serving.load(path)``. The input is
     ``image_size`` square (default: the preprocessing's crop, else 224).
@@ -154,7 +154,7 @@ def save_exported(path: str | os.PathLike, model: ResNeXt,
 
 
 def is_export(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a file written by :func:`save_exported` (reads
+    """Whether ``path`` is a file written by `save_exported` (reads
     only its metadata)."""
     try:
         with np.load(os.fspath(path), allow_pickle=False) as data:

@@ -8,7 +8,7 @@ alpha dropped), resize the shorter side to ``resize_size`` (the longer side
 truncated), center crop ``crop_size``, scale to [0, 1], normalize by
 ``mean``/``std``.
 
-The pixel operations live in :mod:`resnext_jax.inference.serving`, which must stay a
+The pixel operations live in `resnext_jax.inference.serving`, which must stay a
 standalone file (numpy, jax, PIL) for servers; this module is the spec.
 """
 
@@ -113,7 +113,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> "Preprocessing":
-        """The inverse of :meth:`to_dict`; unknown keys are an error."""
+        """The inverse of `to_dict`; unknown keys are an error."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(spec) - fields)
         if unknown:

@@ -1,4 +1,4 @@
-"""Runs an exported ResNeXt (see :mod:`resnext_jax.inference.export`) with
+"""Runs an exported ResNeXt (see `resnext_jax.inference.export`) with
 no model code.
 
 This module imports only numpy, jax and (for image files) PIL, and nothing
@@ -11,7 +11,7 @@ from resnext_jax, so a server can copy it and use it alone::
 (``resnext-serve model.rxexport cat.jpg`` does the same from a shell.)
 
 It also holds the pixel operations of the eval preprocessing spec
-(:class:`resnext_jax.Preprocessing`, recorded in the export's metadata), so
+(`resnext_jax.Preprocessing`, recorded in the export's metadata), so
 that a server computes exactly the inputs that ``predict`` and the trainer's
 eval compute; the library's spec calls these functions.
 
@@ -186,7 +186,7 @@ class ExportedModel:
     @property
     def preprocessing(self) -> dict:
         """Sizes, resize rule, interpolation, mean/std (see
-        :func:`preprocessing_of`)."""
+        `preprocessing_of`)."""
         return preprocessing_of(self.meta)
 
     def load_image(self, path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """BatchNorm with the following ReLU (and residual add) fused, for training.
 
-:class:`BatchNorm` is ``flax.linen.BatchNorm`` over the last axis with the
+`BatchNorm` is ``flax.linen.BatchNorm`` over the last axis with the
 same parameters (``scale``, ``bias``), batch statistics (``mean``, ``var``),
 momentum, epsilon, dtype rules and cross-replica statistics (``axis_name``),
 so checkpoints and weight conversion do not depend on which one a model uses.
@@ -20,7 +20,7 @@ masked cotangent and the centered input, and reads each again.
 
 ``impl`` picks the lowering like the convolutions' ``conv_impl``: ``"auto"``
 compiles the fused VJP on CPU and flax's formula elsewhere (through
-:func:`resnext_jax.layers.platform_choice.choose_with_vjp`); ``"fused"`` and
+`resnext_jax.layers.platform_choice.choose_with_vjp`); ``"fused"`` and
 ``"flax"`` force one. Both compute the same function.
 """
 
@@ -141,7 +141,7 @@ class BatchNorm(nn.Module):
     Attributes are flax's (``use_running_average``, ``momentum``,
     ``epsilon``, ``dtype``, ``param_dtype``, ``axis_name``, ``scale_init``,
     ``bias_init``), plus ``activation`` (None or ``"relu"``) and ``impl``
-    (one of :data:`BN_IMPLS`).
+    (one of `BN_IMPLS`).
     """
 
     use_running_average: bool | None = None

@@ -5,7 +5,7 @@ one ``kernel`` of shape ``(kh, kw, in_features // G, features)`` (HWIO) and an
 optional ``bias``. A checkpoint therefore never depends on which lowering runs
 it; the lowering only decides how XLA is asked to compute the convolution.
 
-Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
+Lowerings (see `CONV_IMPLS`); every one computes the same function:
 
 * ``"xla"``: ``lax.conv_general_dilated(feature_group_count=G)``. XLA's native
   grouped kernels, the choice on GPU and TPU.
@@ -19,8 +19,8 @@ Lowerings (see :data:`CONV_IMPLS`); every one computes the same function:
   kernel gradient is slow (strided, or 64+ or at most 4 input channels per
   convolution), it is one batched GEMM over image patches instead.
 * ``"auto"``: one traced program that holds each platform's lowering
-  (:data:`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``, in the
-  forward and in the backward pass (:mod:`resnext_jax.layers.platform_choice`).
+  (`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``, in the
+  forward and in the backward pass (`resnext_jax.layers.platform_choice`).
   The choice is made when the program is lowered for its target, not by
   the process that traces it: a CPU ``jit`` compiles only the ``dense``
   branch, and
@@ -83,7 +83,7 @@ def resolve_conv_impl(impl: str = "auto", platform: str | None = None) -> str:
 def _per_platform(lowerings: dict[str, Callable], *args):
     """``lowerings[AUTO_LOWERINGS[platform]](*args)``, chosen when the
     program is lowered for its platform, differentiable (see
-    :func:`platform_choice.choose_with_vjp`)."""
+    `platform_choice.choose_with_vjp`)."""
     return platform_choice.choose_with_vjp(
         {p: lowerings[impl] for p, impl in AUTO_LOWERINGS.items()},
         lowerings[_AUTO_DEFAULT], *args)
@@ -251,7 +251,7 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
                                groups, chunk_groups):
-    """The kernel gradient of :func:`_blockdiag_conv` from image patches.
+    """The kernel gradient of `_blockdiag_conv` from image patches.
 
     For each chunk of ``chunk_groups`` groups, ``patches^T @ dy`` over every
     output pixel of the batch (one GEMM per chunk, in a loop over pieces of
@@ -299,8 +299,8 @@ def _chunk_patches_kernel_grad(x, dy, kernel_shape, strides, padding,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_patches_kernel_grad(x, kernel, strides, padding, groups,
                               chunk_groups):
-    """:func:`_blockdiag_conv` with the kernel gradient from image patches
-    (:func:`_chunk_patches_kernel_grad`); the input gradient is XLA's."""
+    """`_blockdiag_conv` with the kernel gradient from image patches
+    (`_chunk_patches_kernel_grad`); the input gradient is XLA's."""
     return _blockdiag_conv(x, kernel, strides, padding, groups, chunk_groups)
 
 
@@ -342,7 +342,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
     Every lowering computes the same function as
     ``lax.conv_general_dilated(..., feature_group_count=groups)``.
     ``chunk_groups`` (groups per dense convolution) tunes the ``dense``
-    lowering; by default it is :func:`default_chunk_groups`.
+    lowering; by default it is `default_chunk_groups`.
     """
     check_conv_impl(impl)
     strides = tuple(strides)
@@ -428,7 +428,7 @@ class GroupedConv(nn.Module):
       padding: "SAME", "VALID" or explicit ``((top, bottom), (left, right))``.
       feature_group_count: number of groups; divides input and output width.
       use_bias: whether to add a bias.
-      impl: lowering, one of :data:`CONV_IMPLS`.
+      impl: lowering, one of `CONV_IMPLS`.
       kernel_dilation: spacing of the kernel's taps (atrous convolution, for
         ``output_stride`` below 32); a dilated convolution is XLA's own,
         whatever ``impl`` says.

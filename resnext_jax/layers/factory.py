@@ -2,7 +2,7 @@
 
 A block needs to know the precision, the grouped-convolution lowering and
 BatchNorm's constants of its model, but none of them changes what it
-computes. :class:`LayerFactory` holds them, checked once, and builds the
+computes. `LayerFactory` holds them, checked once, and builds the
 layers; a block takes one ``layers`` field instead of seven (flax's ImageNet
 example passes ``conv`` and ``norm`` partials the same way).
 """
@@ -57,7 +57,7 @@ def check_batchnorm_constants(momentum: float, epsilon: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactory:
-    """Builds a model's convolutions (:class:`GroupedConv`, no bias,
+    """Builds a model's convolutions (`GroupedConv`, no bias,
     torchvision's init) and BatchNorms (with the ReLU and residual add that
     follow them fused in).
 

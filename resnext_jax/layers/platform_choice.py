@@ -4,7 +4,7 @@
 traced program and lowers only the target's, so a program traced on a CPU
 host and exported for a GPU gets the GPU's. Differentiating it, though,
 makes JAX linearize every branch through the conditional: for a ResNeXt-50
-train step that was 8 of 11 s of tracing. :func:`choose_with_vjp` makes the
+train step that was 8 of 11 s of tracing. `choose_with_vjp` makes the
 choice twice instead, once in the forward pass and once in the backward pass
 of a ``jax.custom_vjp``, and traces each implementation's VJP as plain
 ``jax.vjp``.
@@ -35,7 +35,7 @@ def _pullback(f: Callable) -> Callable:
 
 def choose_with_vjp(by_platform: dict[str, Callable], default: Callable,
                     *args):
-    """:func:`choose`, differentiable without linearizing a conditional.
+    """`choose`, differentiable without linearizing a conditional.
 
     The implementations must compute the same function, and their backward
     passes must need nothing from the forward beyond ``args`` (the backward

@@ -7,7 +7,7 @@
 BatchNorm acts per channel, so a BN over the concatenation of the branches
 equals one BN per branch over its own channels: forms A, B and C compute the
 same function when their weights are sliced from one another (see
-:mod:`resnext_jax.weights.block_forms`). The third BN acts on the aggregated sum, as
+`resnext_jax.weights.block_forms`). The third BN acts on the aggregated sum, as
 in the paper's implementation ("BN right after the convolutions", Sec. 4).
 
 Layer names follow torchvision's ``Bottleneck`` (``conv1``, ``bn1``, ...,
@@ -197,7 +197,7 @@ class SqueezeExcite(nn.Module):
 class EfficientChannelAttention(nn.Module):
     """Efficient channel attention (Wang et al. 2020,
     https://arxiv.org/abs/1910.03151) as timm's ``EcaModule``: global mean,
-    a 1-D convolution across channels (kernel from :func:`eca_kernel_size`, no
+    a 1-D convolution across channels (kernel from `eca_kernel_size`, no
     bias), sigmoid gate. The layer name ``conv`` is timm's."""
 
     layers: LayerFactory = LayerFactory()
@@ -232,9 +232,9 @@ class Bottleneck(nn.Module):
       attn_layer: channel attention on the residual branch after ``bn3``,
         before the shortcut is added (timm's placement): None, "se" or "eca".
       avg_down: average-pool projection shortcut (ResNet-D; see
-        :class:`Downsample`).
+        `Downsample`).
       layers: how convolutions and BatchNorms are built (precision,
-        lowering, BN constants): :class:`~resnext_jax.layers.LayerFactory`.
+        lowering, BN constants): `LayerFactory`.
     """
 
     planes: int = 64

@@ -4,9 +4,9 @@ FLOPs are counted as multiply-adds of convolutions and dense layers (the
 convention of the paper and of torchvision's published "GFLOPS"), from the
 shapes seen by each layer in a shape-only trace: nothing is computed.
 
-:func:`analytic_params` and :func:`analytic_macs` give the same two numbers in
+`analytic_params` and `analytic_macs` give the same two numbers in
 closed form from the model's fields, without a trace, fast enough for
-:func:`match_width` to search over widths.
+`match_width` to search over widths.
 
 Command line: ``python -m resnext_jax.commands.summary resnext50_32x4d``.
 """
@@ -157,7 +157,7 @@ def _out_size(size: int, stride: int) -> int:
 def _analytic_counts(model: ResNeXt, image_size: int) -> tuple[int, int]:
     """``(params, macs)`` of ``model`` from its fields, layer by layer as
     the model builds itself (see models.py and blocks.py); MACs follow
-    :func:`count_macs`'s convention (convolutions and the classifier only;
+    `count_macs`'s convention (convolutions and the classifier only;
     BN, pooling and the gates are free). Block forms A, B and C have the
     same counts, as do ``avg_down`` and the dtypes."""
     if model.block_cls is not Bottleneck:
@@ -230,12 +230,12 @@ def _analytic_counts(model: ResNeXt, image_size: int) -> tuple[int, int]:
 
 
 def analytic_params(model: ResNeXt) -> int:
-    """:func:`count_params` of ``model``'s variables, in closed form."""
+    """`count_params` of ``model``'s variables, in closed form."""
     return _analytic_counts(model, 1)[0]
 
 
 def analytic_macs(model: ResNeXt, image_size: int = 224) -> int:
-    """:func:`count_macs` of ``model`` at ``image_size``, in closed form."""
+    """`count_macs` of ``model`` at ``image_size``, in closed form."""
     _check_image_size(image_size)
     return _analytic_counts(model, image_size)[1]
 
@@ -261,8 +261,7 @@ def match_width(cardinality: int, like: str = "resnet50", by: str = "params",
     25.6M against 25.6M, not multiply-adds).
 
     Every ``d >= 1`` is a valid width: the 3x3 of a stage with ``n`` planes
-    is ``floor(n * d / 64) * C`` wide (:func:`~resnext_jax.models.blocks.
-    bottleneck_width`), a positive multiple of ``C`` since ``n >= 64``.
+    is ``floor(n * d / 64) * C`` wide (`bottleneck_width`), a positive multiple of ``C`` since ``n >= 64``.
     Complexity grows with ``d``, so the answer is one of the two widths that
     bracket the reference; on a tie the smaller width wins, the one that
     stays within the reference's budget.

@@ -1,8 +1,8 @@
 """The named variants: torchvision's and timm's ResNeXt family, ResNet as
 cardinality 1, the paper's Table 2 ResNeXt-50s and CIFAR ResNeXt-29s.
 
-A name is a dict of :class:`~resnext_jax.models.resnext.ResNeXt` fields;
-:func:`create_model` builds it, with any field overridden.
+A name is a dict of `ResNeXt` fields;
+`create_model` builds it, with any field overridden.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(ResNeXt)
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
+    """Names accepted by `create_model`, sorted."""
     return sorted(_MODELS)
 
 
@@ -100,7 +100,7 @@ def create_model(name: str, pretrained: bool | str = False,
     """Builds a named ResNeXt, e.g. ``create_model("resnext50_32x4d",
     num_classes=10, dtype=jnp.bfloat16, block_form="A")``.
 
-    Any :class:`ResNeXt` field can be overridden. With ``pretrained``
+    Any `ResNeXt` field can be overridden. With ``pretrained``
     (``True`` for the model's default weights, or a tag such as
     ``"IMAGENET1K_V2"`` or ``"a1h_in1k"``: see ``rx.list_pretrained(name)``)
     it returns ``Pretrained(model, variables, preprocessing, class_names)``

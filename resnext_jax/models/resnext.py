@@ -85,9 +85,9 @@ class ResNeXt(nn.Module):
       attn_layer: channel attention at the end of every block's residual
         branch: None, "se" (squeeze-and-excitation) or "eca" (efficient
         channel attention).
-      block_form: "A", "B" or "C" (see :mod:`resnext_jax.models.blocks`).
+      block_form: "A", "B" or "C" (see `resnext_jax.models.blocks`).
       zero_init_residual: start each block's last BN scale at zero.
-      conv_impl: grouped-convolution lowering (see :mod:`resnext_jax.layers.conv`).
+      conv_impl: grouped-convolution lowering (see `resnext_jax.layers.conv`).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); BN statistics are
         reduced in float32 and the classifier runs in float32.
       param_dtype: parameter dtype.
@@ -95,7 +95,7 @@ class ResNeXt(nn.Module):
         statistics (cross-replica BN in a data-parallel step).
       block_cls: the residual block (a class, or ``"module:ClassName"``),
         built once per block with the fields
-        of :class:`~resnext_jax.models.blocks.Bottleneck` (``planes``, ``strides``,
+        of `Bottleneck` (``planes``, ``strides``,
         ``cardinality``, ...); subclass it to change what a block computes
         (see the docs' no-shortcut ablation).
       expansion: block output channels per ``planes`` (4: 256 out of 64).
@@ -106,7 +106,7 @@ class ResNeXt(nn.Module):
         the backward pass (``nn.remat``): less memory, the same gradients.
       features_only: return the list of feature maps ``out_indices`` asks
         for instead of logits, and build nothing after the last (timm's
-        ``features_only``); :meth:`feature_info` describes them.
+        ``features_only``); `feature_info` describes them.
       out_indices: the maps: 0 the stem (before the max-pool), 1-4 (1-3
         for CIFAR) the stages; None: all of them.
       output_stride: 32, or 16 or 8: the last stage (two last stages) dilate

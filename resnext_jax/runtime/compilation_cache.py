@@ -2,7 +2,7 @@
 commands, so that a second run of the same program compiles nothing.
 
 Entry points (``resnext-predict``, ``resnext-export``, the benchmarks, the
-trainer) call :func:`enable_compilation_cache` before their first jit;
+trainer) call `enable_compilation_cache` before their first jit;
 importing the library changes no jax setting.
 """
 

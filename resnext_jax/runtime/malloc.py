@@ -14,12 +14,12 @@ the step's outputs, so the next step, started by those outputs, allocates
 its buffer before the last one is back; and a small allocation that lands
 in the freed buffer's hole leaves it too small for the next step. So it is
 a choice: ``RESNEXT_JAX_MALLOC=off`` reverts it, and
-:func:`release_if_near_limit` (the trainer calls it after every step)
+`release_if_near_limit` (the trainer calls it after every step)
 reverts it by itself before the memory kept for speed can get the process
 killed.
 
 Entry points (the trainer, ``resnext-predict``, ``resnext-export``, the
-benchmarks) call :func:`configure_malloc` before jax starts its threads;
+benchmarks) call `configure_malloc` before jax starts its threads;
 importing the library changes nothing. ``RESNEXT_JAX_MALLOC=off`` leaves
 malloc alone. The same settings, as environment variables for any process:
 ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
@@ -90,14 +90,14 @@ def configure_malloc() -> bool:
 
 
 def is_configured() -> bool:
-    """True while :func:`configure_malloc`'s settings are in effect."""
+    """True while `configure_malloc`'s settings are in effect."""
     return _configured
 
 
 def restore_default_malloc() -> bool:
     """Puts glibc's defaults back for large blocks (``mmap``, trimming) and
     hands the free memory the process kept back to the system; True if
-    :func:`configure_malloc` had been in effect. The single arena stays:
+    `configure_malloc` had been in effect. The single arena stays:
     glibc cannot undo it, and it costs no memory."""
     global _configured
     if not _configured:
@@ -162,10 +162,10 @@ def _process_limit_bytes() -> int:
 
 def release_if_near_limit(fraction: float = MEMORY_FRACTION,
                           limit_bytes: int | None = None) -> str | None:
-    """Under :func:`configure_malloc`, once the process's resident memory
+    """Under `configure_malloc`, once the process's resident memory
     passes ``fraction`` of ``limit_bytes`` (default
-    :func:`memory_limit_bytes`), goes back to glibc's defaults
-    (:func:`restore_default_malloc`), so that freed memory kept for speed
+    `memory_limit_bytes`), goes back to glibc's defaults
+    (`restore_default_malloc`), so that freed memory kept for speed
     never pushes the process out of memory. Returns a line saying so when
     it did, else None. Cheap (one read of ``/proc/self/statm``): call it
     after every step.

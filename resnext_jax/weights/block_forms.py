@@ -3,7 +3,7 @@
 BatchNorm acts per channel, so a BN over the concatenation of the branches
 equals one BN per branch over its own channels: forms A, B and C compute
 the same function when their weights are sliced from one another (see
-:mod:`resnext_jax.models.blocks` for the forms). Form C's grouped 3x3 holds branch
+`resnext_jax.models.blocks` for the forms). Form C's grouped 3x3 holds branch
 ``i``'s 3x3 as group ``i``; form A's summed 1x1s are one 1x1 over the
 concatenated branches.
 """

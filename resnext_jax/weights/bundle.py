@@ -7,7 +7,7 @@ A bundle is a directory of two files::
                         preprocessing spec (resnext_jax.Preprocessing)
 
 The training program writes one to ``<workdir>/model/``; predict, export and
-serving read it through :func:`load_pretrained`, which also reads a
+serving read it through `load_pretrained`, which also reads a
 torchvision/timm weights file given a model name.
 """
 
@@ -44,7 +44,7 @@ _DTYPE_FIELDS = ("dtype", "param_dtype")
 
 
 class Pretrained(NamedTuple):
-    """What :func:`load_pretrained` returns."""
+    """What `load_pretrained` returns."""
     model: ResNeXt
     variables: dict
     preprocessing: Preprocessing
@@ -106,7 +106,7 @@ def save_pretrained(directory: str | os.PathLike, model: ResNeXt,
 
     ``directory`` is new, empty, or a bundle, whose two files are replaced
     (any other files in it are kept). A directory holding anything else is
-    refused with :class:`FileExistsError`: it is never emptied. The files
+    refused with `FileExistsError`: it is never emptied. The files
     are written to a temporary directory beside it first, then each takes
     its place in one rename: a kill at any moment leaves a whole file, old
     or new, never a truncated one. ``model_name`` (a registry name) is
@@ -220,7 +220,7 @@ def load_pretrained(path: str | os.PathLike, model_name: str | None = None,
     with ``model_name``, or, where no such path exists, the name of
     published weights (``"resnext50_32x4d.IMAGENET1K_V2"``,
     ``"resnext50_32x4d.a1h_in1k"``, or a model alone for its default),
-    downloaded once (:mod:`resnext_jax.weights.pretrained`). ``model_kwargs`` override model
+    downloaded once (`resnext_jax.weights.pretrained`). ``model_kwargs`` override model
     fields, e.g. ``dtype=jnp.bfloat16`` or ``conv_impl="xla"``; for a weights
     file the classifier size comes from the file unless ``num_classes`` is
     given.

@@ -1,6 +1,6 @@
 """Download published weights files into a local cache, verified by SHA-256.
 
-:func:`fetch` returns the cached file when it is there (no network needed)
+`fetch` returns the cached file when it is there (no network needed)
 and otherwise downloads it atomically: a partial or corrupt download never
 sits under the final name.
 """
@@ -75,7 +75,7 @@ def _matches(actual: str, expected: str) -> bool:
 
 
 def check_sha256(path: str | os.PathLike, expected: str) -> None:
-    """Raise :class:`HashMismatchError` unless the file's SHA-256 starts with
+    """Raise `HashMismatchError` unless the file's SHA-256 starts with
     ``expected`` (a full hex digest, or a prefix of at least 8 digits)."""
     expected = _normalized_hash(expected)
     actual = sha256_of(path)
@@ -114,12 +114,12 @@ def _checked_filename(filename: str, url: str) -> str:
 def fetch(url: str, *, sha256: str, filename: str | None = None,
           directory: str | os.PathLike | None = None, progress: bool = True) -> pathlib.Path:
     """The path of the weights file ``url``, cached under ``directory`` (default
-    :func:`cache_dir`) as ``filename`` (default: the URL's last part).
+    `cache_dir`) as ``filename`` (default: the URL's last part).
 
     A cached file is verified and returned without network. Otherwise the file
     is downloaded, checked (length and ``sha256``, a full digest or a prefix)
-    and only then put in place. Raises :class:`HashMismatchError` or
-    :class:`WeightsUnavailableError`."""
+    and only then put in place. Raises `HashMismatchError` or
+    `WeightsUnavailableError`."""
     _normalized_hash(sha256)  # Refuse a bad hash before any network.
     name = _checked_filename(filename or _url_basename(url), url)
     folder = pathlib.Path(directory) if directory is not None else cache_dir()

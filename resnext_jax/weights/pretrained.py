@@ -9,9 +9,9 @@
 A name is ``"<model>.<tag>"``; a model alone means its default weights.
 
 * torchvision's tags ``IMAGENET1K_V1`` and ``IMAGENET1K_V2``: the ``.pth``
-  files torchvision publishes, downloaded into :func:`weights_dir` with a
+  files torchvision publishes, downloaded into `weights_dir` with a
   progress bar, checked against the SHA-256 prefix in their names, and read
-  without torch (:mod:`resnext_jax.weights.pth`). A model's default is
+  without torch (`resnext_jax.weights.pth`). A model's default is
   torchvision's own default (V2 where it exists).
 * timm's tags (``a1h_in1k``, ``tv2_in1k``, ``fb_swsl_ig1b_ft_in1k``, ...):
   ``model.safetensors`` of the Hugging Face Hub repository
@@ -215,7 +215,7 @@ def preprocessing_of(model: str, tag: str) -> Preprocessing:
 
 def weights_dir() -> pathlib.Path:
     """Where torchvision's files are cached: ``torchvision/`` in
-    :func:`resnext_jax.weights.download.cache_dir` (``$RESNEXT_JAX_HOME``,
+    `resnext_jax.weights.download.cache_dir` (``$RESNEXT_JAX_HOME``,
     else ``$XDG_CACHE_HOME/resnext_jax``, else ``~/.cache/resnext_jax``)."""
     return download.cache_dir() / "torchvision"
 

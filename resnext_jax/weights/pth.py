@@ -1,6 +1,6 @@
 """Read PyTorch checkpoints (``torch.save`` files) without torch.
 
-:func:`read_pth` returns the saved object with every tensor as a numpy
+`read_pth` returns the saved object with every tensor as a numpy
 array. The pickle inside is read by a restricted unpickler: only tensors,
 storages and ``OrderedDict`` are rebuilt, by local functions, and any other
 global is refused before anything runs, so a file from the internet cannot

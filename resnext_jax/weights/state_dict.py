@@ -1,7 +1,7 @@
 """Weight conversion between our variables and torchvision/timm state dicts.
 
 torchvision's and timm's ResNet/ResNeXt use the same parameter names, and ours
-map to them one to one (see :mod:`resnext_jax.models.resnext`), so conversion is a
+map to them one to one (see `resnext_jax.models.resnext`), so conversion is a
 table plus three layout rules. timm's variants add its names: the deep stem's
 ``conv1.0`` ... ``conv1.6``, the average-pool shortcut's ``downsample.1``
 (conv) and ``downsample.2`` (BN) behind its parameter-free pool
@@ -193,7 +193,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     ``.safetensors`` is read with numpy; ``.pth``/``.pt``/``.bin``/``.ckpt``/
     ``.tar`` without torch, by an unpickler that accepts tensors and plain
-    containers only and executes no code (:mod:`resnext_jax.weights.pth`).
+    containers only and executes no code (`resnext_jax.weights.pth`).
     Wrappers such as ``{"state_dict": ...}`` and DataParallel's ``module.``
     prefix are removed.
     """
@@ -294,13 +294,13 @@ def load_torch_state_dict(state_dict_or_path: Mapping | str | os.PathLike,
 
     Every checkpoint tensor is accounted for: a key the model lacks, a model
     parameter the checkpoint lacks, or a tensor of the wrong shape raises
-    :class:`StateDictMismatchError` naming all such keys.
+    `StateDictMismatchError` naming all such keys.
 
     Args:
       state_dict_or_path: a state dict (torch tensors or numpy arrays) or
         the path of a ``.safetensors`` / ``.pth`` file (see
-        :func:`read_state_dict`).
-      model: the :class:`ResNeXt` to load into. Models in block form A or B
+        `read_state_dict`).
+      model: the `ResNeXt` to load into. Models in block form A or B
         receive the same weights, converted exactly.
       head: "keep" loads the classifier (its shape must match); "reinit"
         ignores the checkpoint's classifier and initializes a fresh one with
@@ -409,7 +409,7 @@ def to_torch_state_dict(variables: Mapping, model: ResNeXt, *,
 
     Args:
       variables: ``{"params": ..., "batch_stats": ...}`` of ``model``.
-      model: the :class:`ResNeXt` the variables belong to.
+      model: the `ResNeXt` the variables belong to.
       num_batches_tracked: also write torch's BatchNorm step counters (as 0),
         so that ``load_state_dict(strict=True)`` sees every buffer it has.
     """
