@@ -13,14 +13,18 @@ _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin",
                         "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
 
 
+def _platforms_setting() -> str:
+    """``JAX_PLATFORMS``, or jax's ``jax_platforms`` option; "" if unset."""
+    import jax  # pylint: disable=import-outside-toplevel
+    return os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
+
+
 def backend_will_be_cpu() -> bool:
     """Whether jax's default backend will be the CPU, decided without
     starting a backend (which would start the threads that malloc settings
-    must precede): ``JAX_PLATFORMS`` / ``jax_platforms`` when set, else
-    whether a GPU or TPU plugin is installed."""
-    import jax  # pylint: disable=import-outside-toplevel
-    platforms = (os.environ.get("JAX_PLATFORMS")
-                 or jax.config.jax_platforms or "")
+    must precede): the platforms setting when there is one, else whether a
+    GPU or TPU plugin is installed."""
+    platforms = _platforms_setting()
     if platforms:
         return platforms.split(",")[0].strip().lower() == "cpu"
     return not any(importlib.util.find_spec(name) is not None
