@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import resnext_jax as rx
-from resnext_jax.models.resnext import REMAT_POLICIES
+from resnext_jax.models.fields import REMAT_POLICIES
 
 
 def residual_bytes(model, batch: int, image_size: int) -> tuple[int, int]:

@@ -22,49 +22,21 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from resnext_jax.layers.factory import LayerFactory
+from resnext_jax.models.fields import (check_attn_layer, check_block_form,
+                                       check_drop_path_rate)
 
-BLOCK_FORMS = ("A", "B", "C")
-# Channel attention after the block's last BN (timm's ``attn_layer``).
-ATTN_LAYERS = (None, "se", "eca")
 EXPANSION = 4  # output channels = 4 * planes (paper Table 1)
 
 # torch's default Conv1d init, uniform(+-1/sqrt(fan_in)), which timm leaves
 # on the ECA convolution (its init only touches Conv2d).
 _torch_default_kernel_init = nn.initializers.variance_scaling(
     1.0 / 3, "fan_in", "uniform")
-
-
-def check_block_form(form: str) -> str:
-    if form not in BLOCK_FORMS:
-        raise ValueError(
-            f"block_form={form!r} is not a ResNeXt block form; choose one of "
-            f"{BLOCK_FORMS} (A: summed branches, B: concatenated branches, "
-            "C: grouped convolution).")
-    return form
-
-
-def check_attn_layer(attn_layer: str | None) -> str | None:
-    if attn_layer not in ATTN_LAYERS:
-        raise ValueError(
-            f"attn_layer={attn_layer!r} is not a channel attention; choose one "
-            f"of {ATTN_LAYERS} (se: squeeze-and-excitation, eca: efficient "
-            "channel attention).")
-    return attn_layer
-
-
-def check_drop_path_rate(rate: float) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (
-            0 <= rate < 1):
-        raise ValueError(f"drop_path_rate (={rate!r}) must be a number in "
-                         "[0, 1): the probability of dropping a residual "
-                         "branch.")
 
 
 def drop_path(x, rate: float, rng):

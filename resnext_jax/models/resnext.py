@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -19,21 +18,10 @@ import jax.numpy as jnp
 
 from resnext_jax.layers.conv import max_pool
 from resnext_jax.layers.factory import LayerFactory
-from resnext_jax.models.blocks import (EXPANSION, Bottleneck,
-                                       check_attn_layer, check_block_form,
-                                       check_drop_path_rate)
+from resnext_jax.models.blocks import EXPANSION, Bottleneck
+from resnext_jax.models.fields import (check_model_fields,
+                                       integers_as_python_ints)
 
-STEMS = ("imagenet", "cifar")
-# The ImageNet stem's first layers (timm's ``stem_type``): "" is the 7x7 conv;
-# the deep stems are three 3x3 convs (ResNet-C, He et al. 2019, "Bag of
-# Tricks", https://arxiv.org/abs/1812.01187), with the widths of timm's
-# ``stem_width=32``, as in all of timm's deep-stem ResNeXts.
-STEM_TYPES = ("", "deep", "deep_tiered")
-# Input pixels per pixel of the last map: 32, or 16 and 8 by dilating the
-# last stages instead of striding them (timm's and torchvision's rule).
-OUTPUT_STRIDES = (8, 16, 32)
-# Gradient checkpointing: "block" recomputes each block in the backward pass.
-REMAT_POLICIES = ("none", "block")
 DEEP_STEM_WIDTHS = {"deep": (32, 32), "deep_tiered": (24, 32)}
 # Paper Table 1 (ImageNet) and Sec. 5.3 / official code (CIFAR).
 STAGE_PLANES = {"imagenet": (64, 128, 256, 512), "cifar": (64, 128, 256)}
@@ -139,25 +127,13 @@ class ResNeXt(nn.Module):
     output_stride: int = 32
 
     def __post_init__(self):
-        # numpy integers (np.int64(10), a config's value) are integers too;
-        # stored as Python ints so the fields serialize to JSON.
-        for field in ("cardinality", "base_width", "num_classes",
-                      "expansion"):
-            value = getattr(self, field)
-            if isinstance(value, numbers.Integral) and not isinstance(
-                    value, bool):
-                object.__setattr__(self, field, int(value))
-        for field in ("stage_sizes", "stage_widths", "out_indices"):
-            value = getattr(self, field)
-            if isinstance(value, (list, tuple)) and any(
-                    type(v) is not int for v in value) and all(
-                    isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                    for v in value):
-                object.__setattr__(self, field, tuple(int(v) for v in value))
         if isinstance(self.block_cls, str):  # From a config or model.json.
             object.__setattr__(self, "block_cls",
                                import_block_cls(self.block_cls))
-        self._validate()
+        for field, value in integers_as_python_ints(self).items():
+            object.__setattr__(self, field, value)
+        self.layers  # pylint: disable=pointless-statement  # Checks them.
+        check_model_fields(self, STAGE_PLANES)
         super().__post_init__()
 
     @property
@@ -166,88 +142,6 @@ class ResNeXt(nn.Module):
         lowering and BN fields, checked when it is made."""
         return LayerFactory(self.conv_impl, self.dtype, self.param_dtype,
                             self.bn_momentum, self.bn_epsilon, self.axis_name)
-
-    def _validate(self):
-        self.layers  # pylint: disable=pointless-statement  # Checks them.
-        check_drop_path_rate(self.drop_path_rate)
-        if not isinstance(self.features_only, bool):
-            raise ValueError(f"features_only (={self.features_only!r}) must "
-                             "be True or False.")
-        num_maps = len(STAGE_PLANES.get(self.stem, ())) + 1
-        indices = self.out_indices
-        if indices is not None and not (
-                isinstance(indices, (tuple, list)) and indices and all(
-                isinstance(i, int) and 0 <= i < num_maps for i in indices)
-                and list(indices) == sorted(set(indices))):
-            raise ValueError(
-                f"out_indices (={indices!r}) must list increasing map "
-                f"indices from 0 (the stem) to {num_maps - 1} (the last "
-                "stage), e.g. (1, 2, 3, 4).")
-        if self.output_stride not in OUTPUT_STRIDES or (
-                self.output_stride != 32 and self.stem != "imagenet"):
-            raise ValueError(
-                f"output_stride (={self.output_stride!r}) must be one of "
-                f"{OUTPUT_STRIDES} (the ImageNet stem; CIFAR models keep "
-                "their strides).")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat (={self.remat!r}) must be one of "
-                             f"{REMAT_POLICIES}.")
-        if not (isinstance(self.block_cls, type)
-                and issubclass(self.block_cls, nn.Module)):
-            raise ValueError(f"block_cls (={self.block_cls!r}) must be a "
-                             "flax module class, e.g. a Bottleneck subclass.")
-        if self.stem not in STEMS:
-            raise ValueError(
-                f"stem={self.stem!r} is not a known stem; choose one of "
-                f"{STEMS}.")
-        num_stages = len(STAGE_PLANES[self.stem])
-        sizes = tuple(self.stage_sizes)
-        if len(sizes) != num_stages:
-            raise ValueError(
-                f"stage_sizes={sizes} has {len(sizes)} entries, but the "
-                f"{self.stem!r} stem has {num_stages} stages: give one block "
-                f"count per stage.")
-        for size in sizes:
-            if not isinstance(size, int) or size < 1:
-                raise ValueError(
-                    f"stage_sizes={sizes}: every entry must be a positive "
-                    f"integer, got {size!r}.")
-        for field in ("cardinality", "base_width", "expansion"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"{field} (={value!r}) must be a positive integer.")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(
-                f"num_classes (={self.num_classes!r}) must be a non-negative "
-                "integer (0 drops the classifier head).")
-        check_block_form(self.block_form)
-        check_attn_layer(self.attn_layer)
-        if self.stem_type not in STEM_TYPES:
-            raise ValueError(
-                f"stem_type={self.stem_type!r} is not a known stem type; "
-                f"choose one of {STEM_TYPES} ('' is the 7x7 conv).")
-        if self.stem_type and self.stem != "imagenet":
-            raise ValueError(
-                f"stem_type={self.stem_type!r} replaces the 'imagenet' stem's "
-                f"7x7 conv, but stem={self.stem!r}; use stem_type='' with "
-                f"the {self.stem!r} stem.")
-        if not isinstance(self.avg_down, bool):
-            raise ValueError(
-                f"avg_down (={self.avg_down!r}) must be True or False.")
-        if self.stage_widths is not None:
-            widths = tuple(self.stage_widths)
-            if len(widths) != num_stages:
-                raise ValueError(
-                    f"stage_widths={widths} has {len(widths)} entries; the "
-                    f"{self.stem!r} stem has {num_stages} stages.")
-            for width in widths:
-                if (not isinstance(width, int) or width < 1
-                        or width % self.cardinality):
-                    raise ValueError(
-                        f"stage width {width!r} in stage_widths={widths} must "
-                        f"be a positive multiple of cardinality "
-                        f"(={self.cardinality}).")
 
     def _check_input(self, x):
         if not hasattr(x, "ndim") or x.ndim != 4:

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resnext_jax.models.blocks import check_block_form
+from resnext_jax.models.fields import check_block_form
 
 
 def _branch_keys(block: dict) -> list[str]:
