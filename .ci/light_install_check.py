@@ -16,7 +16,7 @@ from PIL import Image
 
 import resnext_jax as rx
 
-# tqdm is not listed: huggingface_hub (pretrained weights by name) needs it.
+# tqdm is not listed: the library downloads weights with a progress bar.
 ABSENT = ("train", "configs", "tensorflow", "tensorflow_datasets", "sklearn",
           "matplotlib", "tensorboardX", "ml_collections", "torch")
 present = [m for m in ABSENT if importlib.util.find_spec(m) is not None]
