@@ -296,14 +296,31 @@ def test_bad_sources_fail_before_the_run_starts(folder, tmp_path, kind,
     assert not (tmp_path / "run").exists()  # Nothing compiled or written.
 
 
-def test_pth_without_torch_is_a_clear_error(folder, tmp_path, monkeypatch):
-    (tmp_path / "w.pth").write_bytes(b"x")
-    real = init_from.importlib.util.find_spec
-    monkeypatch.setattr(init_from.importlib.util, "find_spec",
-                        lambda name: None if name == "torch" else real(name))
+def test_a_pth_fine_tunes_without_torch(folder, tmp_path, monkeypatch):
+    """A .pth source is read without torch: the same variables as the
+    .safetensors it was saved from; a damaged one is one clear error."""
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+    safetensors = _source(tmp_path / "w.safetensors")
+    torch.save({k: torch.from_numpy(v) for k, v in
+                load_file(safetensors).items()}, tmp_path / "w.pth")
+    import builtins
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    expected, _ = _load(folder, safetensors)
+    variables, _ = _load(folder, tmp_path / "w.pth")
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "bad.pth").write_bytes(b"x")
     with pytest.raises(init_from.InitFromError,
-                       match="PyTorch file and torch is not installed"):
-        init_from.find_source(_config(folder, tmp_path / "w.pth"))
+                       match=r"bad\.pth'\) could not be read: ValueError"):
+        _load(folder, tmp_path / "bad.pth")
 
 
 def test_resume_never_reads_init_from(probed, folder, tmp_path, capsys):

@@ -1,8 +1,10 @@
 """Pretrained weights for a run (``config.init_from``): finding the source,
 its preprocessing, and its variables fitted to the configured model.
 
-A source is a torchvision/timm weights file (``.safetensors``; ``.pth``/
-``.pt`` with torch installed), a model bundle directory (``model.json`` +
+A source is the name of published weights
+(``resnext50_32x4d.IMAGENET1K_V2``), a torchvision/timm weights file
+(``.safetensors``, ``.pth``/``.pt``; read without torch), a model bundle
+directory (``model.json`` +
 ``weights.safetensors``) or a training workdir (its ``model/`` bundle).
 
 The source is read only by a run that starts at step 0. A run that resumes
@@ -14,7 +16,6 @@ the source may have changed or gone since.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 
 import jax
@@ -112,12 +113,7 @@ def find_source(config: ml_collections.ConfigDict) -> Source:
         return Source(given, kind, directory / rx_bundle.WEIGHTS_FILE,
                       preprocessing)
     suffix = path.suffix.lower()
-    if suffix in TORCH_SUFFIXES:
-        if importlib.util.find_spec("torch") is None:
-            _fail(given, "is a PyTorch file and torch is not installed: "
-                  "pip install torch, or convert it with python -m "
-                  "resnext_jax.commands.to_safetensors.")
-    elif suffix != ".safetensors":
+    if suffix not in TORCH_SUFFIXES and suffix != ".safetensors":
         _fail(given, f"is a file of unknown type ({suffix or 'no suffix'}); "
               f"give {_KINDS}.")
     preprocessing = (None if config.model == "custom" else

@@ -38,7 +38,7 @@ from resnext_jax.layers import platform_choice
 
 BN_IMPLS = ("auto", "fused", "flax")
 # What "auto" compiles to per platform: the fused VJP is measured faster on
-# XLA:CPU (benchmarks/bench_components.py); other platforms keep the formula
+# XLA:CPU (benchmarks/bench_cpu.py --parts components); other platforms keep the formula
 # whose speed was measured there.
 AUTO_BN = {"cpu": "fused"}
 _AUTO_BN_DEFAULT = "flax"
