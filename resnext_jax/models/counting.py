@@ -1,14 +1,15 @@
-"""Parameter and FLOP counts, with a per-stage table (CLI: ``summary``).
+"""Parameter and multiply-add counts, with a per-stage table
+(``resnext-summary``).
 
-FLOPs are counted as multiply-adds of convolutions and dense layers (the
-convention of the paper and of torchvision's published "GFLOPS"), from the
-shapes seen by each layer in a shape-only trace: nothing is computed.
+Multiply-adds (MACs) of convolutions and dense layers: what the paper and
+torchvision publish as "FLOPs"/"GFLOPS". They come from the shapes each
+layer sees in a shape-only trace: nothing is computed.
 
 `analytic_params` and `analytic_macs` give the same two numbers in
 closed form from the model's fields, without a trace, fast enough for
 `match_width` to search over widths.
 
-Command line: ``python -m resnext_jax.commands.summary resnext50_32x4d``.
+Command line: ``resnext-summary resnext50_32x4d``.
 """
 
 from __future__ import annotations
