@@ -43,7 +43,7 @@ import pathlib
 import socket
 import sys
 
-from train.sweep import SWEEP_FILE, format_value, short_names
+from train.sweep import SWEEP_FILE, flatten, format_value, short_names
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -57,15 +57,6 @@ METRICS = (("final_accuracy", "final acc %", 100.0, ".2f"),
 
 class CompareError(Exception):
     """Nothing to compare (no workdir among the paths)."""
-
-
-def _flatten(value, prefix="") -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
 
 
 def _read_json(path: pathlib.Path):
@@ -214,7 +205,7 @@ def group_runs(runs: list[dict]) -> tuple[list[str], list[dict]]:
 
     # Not what a run is: the seed, and the switches of one invocation.
     ignored = ("seed",) + tuple(_SWITCHES)
-    flats = [{k: v for k, v in _flatten(run["config"]).items()
+    flats = [{k: v for k, v in flatten(run["config"]).items()
               if k.split(".", 1)[0] not in ignored}
              for run in runs]
     keys = sorted(set().union(*flats)) if flats else []

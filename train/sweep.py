@@ -432,11 +432,12 @@ def _comparable(config) -> dict:
     return {k: v for k, v in value.items() if k not in _SWITCHES}
 
 
-def _flatten(value, prefix=""):
+def flatten(value, prefix="") -> dict:
+    """A nested dict as one level, keys joined with dots."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
+            out.update(flatten(item, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): value}
 
@@ -458,8 +459,8 @@ def grid_differences(saved: dict, new: dict) -> list[str]:
                          f"{list(new_fields)}")
     if saved.get("seeds") != new.get("seeds"):
         diffs.append(f"--seeds: {saved.get('seeds')} -> {new.get('seeds')}")
-    old = _flatten(saved.get("base_config", {}))
-    cur = _flatten(new.get("base_config", {}))
+    old = flatten(saved.get("base_config", {}))
+    cur = flatten(new.get("base_config", {}))
     for key in sorted(set(old) | set(cur)):
         if old.get(key) != cur.get(key):
             diffs.append(f"{key}: {old.get(key)!r} -> {cur.get(key)!r}")
