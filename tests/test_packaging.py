@@ -9,6 +9,7 @@ import email
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,22 +18,30 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The trainer's dependencies (and torch), none of which the library may
-# need. (optax, orbax and absl come with flax itself.)
+# need. (optax, orbax and absl come with flax itself; tqdm is the
+# library's own, for download progress.)
 TRAINING_STACK = ("tensorflow", "tensorflow_datasets", "sklearn",
-                  "matplotlib", "tensorboardX", "ml_collections", "tqdm",
-                  "torch", "torchvision", "timm")
+                  "matplotlib", "tensorboardX", "ml_collections", "torch",
+                  "torchvision", "timm")
 TRAINING_DISTS = ("tensorflow", "tensorflow-cpu", "tensorflow-datasets",
-                  "scikit-learn", "matplotlib", "tensorboardx", "tqdm",
+                  "scikit-learn", "matplotlib", "tensorboardx",
                   "ml-collections", "torch", "torchvision", "timm")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ into the source tree, and
+    # two test workers building the checkout at once would share it.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "resnext_jax", source / "resnext_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps",
          "--no-build-isolation", "--quiet", "--wheel-dir", str(out),
-         str(REPO)], capture_output=True, text=True, timeout=300)
+         str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     wheels = list(out.glob("resnext_jax-*.whl"))
     assert len(wheels) == 1, wheels
