@@ -35,9 +35,10 @@ def get_base_config() -> ml_collections.ConfigDict:
          for field, kind in MODEL_KWARGS.items()})
     config.compute_dtype = "float32"  # or "bfloat16"; params stay float32.
 
-    # Fine-tuning (README, "Fine-tuning"). init_from: "" trains from
-    # scratch; else a torchvision/timm weights file (.safetensors, or
-    # .pth/.pt with torch installed), a model bundle directory or another
+    # Fine-tuning (docs/training.md). init_from: "" trains from scratch;
+    # else published weights by name (resnext50_32x4d.IMAGENET1K_V2), a
+    # torchvision/timm weights file (.safetensors, .pth/.pt), a model
+    # bundle directory or another
     # run's workdir, read once at step 0 (a resumed run restores its own
     # checkpoint and never reads it again).
     config.init_from = ""
@@ -82,8 +83,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.0
     config.lr_decay_epochs = ()  # step schedule: epochs where lr drops.
     config.lr_decay_factor = 0.1
+    # "sgd" (the paper's: momentum, nesterov) or "adamw" (torch.optim.AdamW:
+    # adam_b1, adam_b2, adam_eps, at PyTorch's defaults). Both decay
+    # weight_decay where weight_decay_bn/_bias say (docs/step_parity.md).
+    config.optimizer = "sgd"
     config.momentum = 0.9
     config.nesterov = True
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
+    config.adam_eps = 1e-8
     config.weight_decay = 1e-4
     config.weight_decay_bn = False  # decay BatchNorm scales and biases too.
     config.weight_decay_bias = False  # decay other biases (fc) too.

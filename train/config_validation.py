@@ -9,6 +9,8 @@ import ml_collections
 
 import resnext_jax
 
+from train.optim import OPTIMIZERS
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "imagenette",
             "folder")
 PREPROCESS = ("auto", "digits", "cifar", "imagenet")
@@ -152,7 +154,11 @@ def validate_config(config: ml_collections.ConfigDict,
         _fail("lr_decay_epochs", tuple(config.lr_decay_epochs),
               "must be increasing.")
     _number(config, "lr_decay_factor", 0, 1, low_open=True)
+    _choice(config, "optimizer", OPTIMIZERS)
     _number(config, "momentum", 0, 1, high_open=True)
+    _number(config, "adam_b1", 0, 1, high_open=True)
+    _number(config, "adam_b2", 0, 1, high_open=True)
+    _number(config, "adam_eps", 0, low_open=True)
     _number(config, "weight_decay", 0)
     _number(config, "label_smoothing", 0, 1, high_open=True)
     _positive_int(config, "max_consecutive_nonfinite")

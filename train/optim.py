@@ -63,23 +63,43 @@ def weight_decay_mask(params: Any, decay_bn: bool = False,
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+# config.optimizer's values.
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      schedule: optax.Schedule
                      ) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum; decoupled-from-loss L2 weight decay.
+    """The optimizer ``config.optimizer`` names, weight decay where the mask
+    says so (``weight_decay_bn``, ``weight_decay_bias``).
 
-    The decay is added to the gradient before momentum, as in PyTorch's SGD
-    and the paper's Torch code, and only where the mask says so.
+    ``"sgd"`` (the default, the paper's): SGD with (Nesterov) momentum; the
+    L2 decay is added to the gradient before momentum, as in PyTorch's SGD
+    and the paper's Torch code. ``"adamw"``: ``optax.adamw`` (decoupled
+    decay, ``lr * weight_decay * param``), PyTorch's ``torch.optim.AdamW``
+    with ``config.adam_b1``, ``adam_b2``, ``adam_eps``; ``momentum`` and
+    ``nesterov`` are not used. docs/step_parity.md compares both with
+    PyTorch step by step.
     With ``config.trainable="head"`` only the classifier is updated: every
     other parameter gets a zero update (no decay, no momentum).
     """
     mask = lambda params: weight_decay_mask(  # noqa: E731
         params, config.weight_decay_bn, config.weight_decay_bias)
-    tx = optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=mask),
-        optax.sgd(schedule, momentum=config.momentum or None,
-                  nesterov=config.nesterov and bool(config.momentum)),
-    )
+    # A config saved before the field existed means SGD.
+    kind = config.get("optimizer", "sgd")
+    if kind == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=mask),
+            optax.sgd(schedule, momentum=config.momentum or None,
+                      nesterov=config.nesterov and bool(config.momentum)),
+        )
+    elif kind == "adamw":
+        tx = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
+                         eps=config.adam_eps,
+                         weight_decay=config.weight_decay, mask=mask)
+    else:
+        raise ValueError(f"config.optimizer (={kind!r}) must be one of "
+                         f"{OPTIMIZERS}.")
     if config.trainable == "head":
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    head_labels)

@@ -238,8 +238,11 @@ def check_fresh_start(workdir: str | pathlib.Path,
 def _optimizer_state_kind(config: dict) -> dict:
     """What decides the structure of the optimizer's state: a checkpoint's
     state restores only into an optimizer that agrees on all of it."""
+    optimizer = config.get("optimizer", "sgd")
     return {"trainable": config.get("trainable", "all"),
-            "momentum": "none" if not config.get("momentum") else "used"}
+            "optimizer": optimizer,
+            "momentum": ("none" if optimizer == "sgd"
+                         and not config.get("momentum") else "used")}
 
 
 def check_optimizer_state(workdir: str | pathlib.Path,
