@@ -67,9 +67,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -737,18 +735,11 @@ CONTROLS = {
 
 
 def system_info() -> dict:
+    """bench_inference's machine facts, with optax's and torch's versions."""
     import torch  # pylint: disable=import-outside-toplevel
+    from bench_inference import system_info as machine  # pylint: disable=import-outside-toplevel
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return dict(cpu=cpu, logical_cpus=os.cpu_count(), jax=jax.__version__,
-                optax=optax.__version__, torch=torch.__version__,
-                backend=jax.default_backend())
+    return dict(machine(), optax=optax.__version__, torch=torch.__version__)
 
 
 COLUMNS = (("loss", "loss"), ("lr", "lr"), ("params", "params"),

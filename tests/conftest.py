@@ -140,3 +140,17 @@ def randomize_batchnorm(net, torch, seed, image_size=224):
             # Not carried over (we have no step counter); written back as 0.
             norm.num_batches_tracked.zero_()
     return net.eval()
+
+
+def block_torch_import(monkeypatch):
+    """Makes ``import torch`` fail for the rest of the test, as where torch
+    is not installed (after the test itself has used it to write files)."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_variables, tiny_model, randomize_batchnorm
+from conftest import (block_torch_import, random_variables, randomize_batchnorm,
+                      tiny_model)
 
 import resnext_jax as rx
 from resnext_jax.weights import state_dict as convert
@@ -174,19 +175,11 @@ def test_file_errors(tmp_path):
 
 def test_pth_is_read_without_torch(tmp_path, monkeypatch):
     """torchvision's .pth files load where torch is not installed."""
-    import builtins
     torch = pytest.importorskip("torch")
     path = tmp_path / "weights.pth"
     saved = torch.nn.Conv2d(3, 4, 3).state_dict()
     torch.save(saved, path)
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("No module named 'torch'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+    block_torch_import(monkeypatch)
     state = rx.weights.read_state_dict(path)
     assert sorted(state) == sorted(saved)
     for key, value in saved.items():

@@ -11,7 +11,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import random_variables
+from conftest import block_torch_import, random_variables
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -304,15 +304,7 @@ def test_a_pth_fine_tunes_without_torch(folder, tmp_path, monkeypatch):
     safetensors = _source(tmp_path / "w.safetensors")
     torch.save({k: torch.from_numpy(v) for k, v in
                 load_file(safetensors).items()}, tmp_path / "w.pth")
-    import builtins
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("No module named 'torch'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+    block_torch_import(monkeypatch)
     expected, _ = _load(folder, safetensors)
     variables, _ = _load(folder, tmp_path / "w.pth")
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):

@@ -2,7 +2,6 @@
 pretrained=...), read without torch, hash-checked and cached, against a local
 server that stands in for download.pytorch.org (no network needed)."""
 
-import builtins
 import hashlib
 import http.server
 import io
@@ -13,7 +12,7 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-from conftest import randomize
+from conftest import block_torch_import, randomize
 
 import resnext_jax as rx
 from resnext_jax.commands import predict as predict_command
@@ -95,24 +94,13 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(leaf, flat_b[path])
 
 
-def _without_torch(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("No module named 'torch'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
-
-
 def test_pretrained_true_loads_torchvisions_default_without_torch(
         server, small, monkeypatch, tmp_path):
     httpd, handler = server
     model, variables = small
     filename = _publish(monkeypatch, httpd, handler, "IMAGENET1K_V2",
                         _torch_file(variables, model))
-    _without_torch(monkeypatch)
+    block_torch_import(monkeypatch)
     loaded = rx.create_model("resnext50_32x4d", pretrained=True, **SMALL)
     _assert_same(loaded.variables, variables)
     assert loaded.model == model
