@@ -70,6 +70,7 @@ import json
 import pathlib
 import sys
 import time
+import unittest.mock
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -82,7 +83,7 @@ import optax  # noqa: E402
 
 import resnext_jax as rx  # noqa: E402
 from resnext_jax.layers.conv import resolve_conv_impl  # noqa: E402
-from train import mesh as mesh_lib, optim, steps  # noqa: E402
+from train import loop, mesh as mesh_lib, mixing, optim, steps  # noqa: E402
 from train.model_factory import build_model  # noqa: E402
 
 MODEL = "resnext50_32x4d"
@@ -120,7 +121,31 @@ PARTS = {
     "g_adamw": dict(optimizer="adamw", base_learning_rate=1e-3,
                     weight_decay=0.05, weight_decay_bn=False,
                     weight_decay_bias=False, warmup_epochs=1.0),
+    # torchvision V2's deterministic parts. EMA every 2 steps; a
+    # model_ema_decay whose rescaled decay (batch 8, 2 steps, 3 epochs) is
+    # 0.5, so that the average moves; Mixup with a fixed lambda (FIXED_MIX).
+    "h_ema_mixup": dict(model_ema=True, model_ema_steps=2,
+                        model_ema_decay=1 - 0.5 * 3 / 16, nesterov=False,
+                        label_smoothing=0.1, weight_decay_bn=False),
+    # EMA every step through a warmup epoch (torchvision resets the average
+    # until warmup ends); CutMix with a fixed lambda and box (FIXED_MIX).
+    "i_ema_warmup_cutmix": dict(model_ema=True, model_ema_steps=1,
+                                model_ema_decay=1 - 0.5 * 3 / 8,
+                                warmup_epochs=1.0),
+    # timm's Lamb as ResNet Strikes Back uses it (its defaults: eps 1e-6,
+    # gradients clipped to norm 1; decay 0.01 off BatchNorm and biases).
+    # A higher rate than RSB's (5e-3 per 2,048), so that 6 steps move the
+    # weights well beyond the tolerance.
+    "j_lamb": dict(optimizer="lamb", base_learning_rate=0.05,
+                   adam_eps=1e-6, weight_decay=0.01, weight_decay_bn=False,
+                   weight_decay_bias=False, lamb_max_grad_norm=1.0,
+                   warmup_epochs=1.0),
 }
+
+# The parts that mix their batches, with fixed values (torchvision draws
+# them): ("mixup", lambda) or ("cutmix", lambda, box centre y, x).
+FIXED_MIX = {"h_ema_mixup": ("mixup", 0.65),
+             "i_ema_warmup_cutmix": ("cutmix", 0.6, 20, 9)}
 
 
 def recipe_config(**overrides):
@@ -241,6 +266,10 @@ class Snapshot:
     params: dict  # name -> array
     bn_stats: dict  # "<bn>.running_mean" / ".running_var" -> array
     opt_state: dict  # "<param>.<buffer>" -> array (torch's buffer names)
+    # The moving average's parameters and statistics (torch's names), and
+    # its n_averaged; empty without one.
+    ema: dict = dataclasses.field(default_factory=dict)
+    ema_count: int = 0
 
 
 @dataclasses.dataclass
@@ -266,7 +295,8 @@ def _split(state: dict) -> tuple[dict, dict]:
 
 # optax's state for each of torch's optimizer buffers.
 BUFFERS = {"sgd": (("trace", "momentum_buffer"),),
-           "adamw": (("mu", "exp_avg"), ("nu", "exp_avg_sq"))}
+           "adamw": (("mu", "exp_avg"), ("nu", "exp_avg_sq")),
+           "lamb": (("mu", "exp_avg"), ("nu", "exp_avg_sq"))}
 _OPTAX_STATES = (optax.TraceState, optax.ScaleByAdamState,
                  optax.ScaleByScheduleState)
 
@@ -289,7 +319,13 @@ def snapshot(state, names: TorchNames, optimizer: str) -> Snapshot:
                      "batch_stats": state.batch_stats}))
                 opt_state.update({f"{k}.{torch_name}": v
                                   for k, v in buffers.items()})
-    return Snapshot(params=params, bn_stats=bn_stats, opt_state=opt_state)
+    ema, ema_count = {}, 0
+    if state.ema:
+        ema = names.to_torch({"params": state.ema.params,
+                              "batch_stats": state.ema.batch_stats})
+        ema_count = int(state.ema.count)
+    return Snapshot(params=params, bn_stats=bn_stats, opt_state=opt_state,
+                    ema=ema, ema_count=ema_count)
 
 
 def from_snapshot(template, snap: Snapshot, step: int, names: TorchNames,
@@ -319,6 +355,11 @@ def from_snapshot(template, snap: Snapshot, step: int, names: TorchNames,
         batch_stats=variables["batch_stats"],
         opt_state=jax.tree.map(replace, template.opt_state,
                                is_leaf=_is_optax_state))
+    if template.ema:
+        averaged = names.from_torch(snap.ema)
+        state = state.replace(ema=template.ema.replace(
+            params=averaged["params"], batch_stats=averaged["batch_stats"],
+            count=np.asarray(snap.ema_count, np.int32)))
     # numpy -> one fresh device buffer per leaf (the step donates them).
     return jax.device_put(_cast(state, dtype))
 
@@ -333,12 +374,26 @@ class Stepped:
     diffs: list
 
 
+def fixed_mix(spec: tuple | None):
+    """Our mixing (train/mixing.py) with the fixed values of a
+    :data:`FIXED_MIX` entry, in place of ``make_mix``'s random ones."""
+    if spec is None:
+        return None
+    if spec[0] == "mixup":
+        return lambda rng, x, y: mixing.mixup(x, y, spec[1])
+    _, lam, center_y, center_x = spec
+    return lambda rng, x, y: mixing.cutmix(x, y, lam, center_y, center_x)
+
+
 def run_ours(config, variables, batches, names: TorchNames, dtype: str,
-             forced: Run | None = None) -> tuple[Run, Stepped | None]:
+             forced: Run | None = None,
+             mix_spec: tuple | None = None) -> tuple[Run, Stepped | None]:
     """The trainer's train step, built as train/loop.py builds it, over
     ``batches``: free-running from ``variables`` (a ``Run`` whose states are
     the first and the last), and, with ``forced`` (a reference run), one step
-    from each of its states, compared with its next state."""
+    from each of its states, compared with its next state. ``mix_spec``: a
+    :data:`FIXED_MIX` entry."""
+    mix = fixed_mix(mix_spec)
     kind = config.optimizer
     with _x64(dtype), jax.default_matmul_precision("highest"):
         model = build_model(config, NUM_CLASSES)
@@ -350,16 +405,19 @@ def run_ours(config, variables, batches, names: TorchNames, dtype: str,
         tx = optim.create_optimizer(config, schedule)
         mesh = mesh_lib.make_mesh(jax.devices()[:1])
         init = jax.jit(functools.partial(
-            steps.create_train_state, model, tx, image_size=IMAGE_SIZE),
+            steps.create_train_state, model, tx, image_size=IMAGE_SIZE,
+            with_ema=config.model_ema),
             out_shardings=mesh_lib.replicated(mesh))
         state = init(jax.random.PRNGKey(0),
                      variables=_cast(variables, dtype))
         # A copy: the first step donates the buffers of ``state``.
         template = jax.tree.map(np.array, jax.device_get(state))
         train_step = mesh_lib.data_parallel(
-            steps.make_train_step(model, tx, schedule,
-                                  label_smoothing=config.label_smoothing,
-                                  grad_accum_steps=config.grad_accum_steps),
+            steps.make_train_step(
+                model, tx, schedule, label_smoothing=config.label_smoothing,
+                grad_accum_steps=config.grad_accum_steps, mix=mix,
+                update_ema=loop.ema_updater(config, STEPS_PER_EPOCH,
+                                            len(batches))),
             mesh, donate=True, has_state_output=True)
 
         def step(state, batch, run):
@@ -410,6 +468,14 @@ class TorchRecipe:
     lr_decay_factor: float
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
+    max_grad_norm: float = 1.0  # timm's Lamb
+    always_adapt: bool = False  # timm's Lamb: trust ratio on every tensor
+    # torchvision's --model-ema, --model-ema-steps, --model-ema-decay.
+    model_ema: bool = False
+    model_ema_steps: int = 32
+    model_ema_decay: float = 0.99998
+    warmup_epochs: float = 0.0
+    mix: tuple | None = None  # a FIXED_MIX entry
     bn_momentum: float = TORCH_BN_MOMENTUM
     bessel: bool = False  # True: torch's own unbiased running variance
 
@@ -430,7 +496,12 @@ class TorchRecipe:
             decay_steps=tuple(round(e * STEPS_PER_EPOCH)
                               for e in config.lr_decay_epochs),
             lr_decay_factor=config.lr_decay_factor,
-            betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps)
+            betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps,
+            max_grad_norm=config.lamb_max_grad_norm,
+            model_ema=config.model_ema,
+            model_ema_steps=config.model_ema_steps,
+            model_ema_decay=config.model_ema_decay,
+            warmup_epochs=config.warmup_epochs)
         return dataclasses.replace(recipe, **changes)
 
 
@@ -533,6 +604,13 @@ def run_torch(recipe: TorchRecipe, state_dict: dict, batches,
         opt = torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas,
                                 eps=recipe.eps,
                                 weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "lamb":
+        from timm.optim import Lamb  # pylint: disable=import-outside-toplevel
+
+        opt = Lamb(groups, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
+                   weight_decay=recipe.weight_decay,
+                   max_grad_norm=recipe.max_grad_norm or None,
+                   always_adapt=recipe.always_adapt)
     else:
         opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                               nesterov=recipe.nesterov,
@@ -541,24 +619,33 @@ def run_torch(recipe: TorchRecipe, state_dict: dict, batches,
     criterion = torch.nn.CrossEntropyLoss(
         label_smoothing=recipe.label_smoothing)
     names = {id(p): name for name, p in net.named_parameters()}
+    ema = torchvision_ema(net, recipe, len(batches))
+
+    def tensors(module) -> dict:
+        return {k: v.detach().double().numpy().copy()
+                for k, v in module.state_dict().items()
+                if not k.endswith("num_batches_tracked")}
 
     def snap() -> Snapshot:
-        state = {k: v.detach().double().numpy().copy()
-                 for k, v in net.state_dict().items()
-                 if not k.endswith("num_batches_tracked")}
-        params, bn_stats = _split(state)
+        params, bn_stats = _split(tensors(net))
         opt_state = {f"{names[id(p)]}.{key}":
                      value.detach().double().numpy().copy()
                      for p, buffers in opt.state.items()
                      for key, value in buffers.items() if key != "step"}
         return Snapshot(params=params, bn_stats=bn_stats,
-                        opt_state=opt_state)
+                        opt_state=opt_state,
+                        ema=tensors(ema.module) if ema else {},
+                        ema_count=int(ema.n_averaged) if ema else 0)
 
+    mix = torchvision_mix(recipe.mix)
     run = Run(losses=[], lrs=[], states=[snap()])
-    for batch in batches:
+    for i, batch in enumerate(batches):
         images = torch.from_numpy(
             batch["image"].transpose(0, 3, 1, 2).copy()).to(torch_dtype)
         labels = torch.from_numpy(batch["label"].astype(np.int64))
+        if mix:
+            images, labels = mix(images, labels)
+            labels = labels.to(torch_dtype)
         run.lrs.append(opt.param_groups[0]["lr"])
         opt.zero_grad(set_to_none=True)
         loss = criterion(net(images), labels)
@@ -566,9 +653,68 @@ def run_torch(recipe: TorchRecipe, state_dict: dict, batches,
         bessel.apply()
         opt.step()
         scheduler.step()
+        if ema:  # torchvision's train_one_epoch, after the optimizer step.
+            epoch, index = divmod(i, STEPS_PER_EPOCH)
+            if index % recipe.model_ema_steps == 0:
+                ema.update_parameters(net)
+                if epoch < recipe.warmup_epochs:
+                    ema.n_averaged.fill_(0)
         run.losses.append(loss.item())
         run.states.append(snap())
     return run
+
+
+def torchvision_ema(net, recipe: TorchRecipe, total_steps: int):
+    """torchvision's ``ExponentialMovingAverage`` (references/
+    classification/utils.py: an ``AveragedModel`` over parameters and
+    buffers) with train.py's decay adjustment, or None."""
+    if not recipe.model_ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel  # pylint: disable=import-outside-toplevel
+
+    epochs = total_steps / STEPS_PER_EPOCH
+    adjust = BATCH_SIZE * recipe.model_ema_steps / epochs
+    alpha = min(1.0, (1.0 - recipe.model_ema_decay) * adjust)
+    decay = 1.0 - alpha
+
+    def ema_avg(avg_model_param, model_param, num_averaged):
+        del num_averaged
+        return decay * avg_model_param + (1 - decay) * model_param
+
+    return AveragedModel(net, avg_fn=ema_avg, use_buffers=True)
+
+
+def torchvision_mix(spec: tuple | None):
+    """``torchvision.transforms.v2.MixUp`` or ``CutMix`` with the fixed
+    values of a :data:`FIXED_MIX` entry: the Beta draw replaced by the
+    lambda, ``torch.randint`` (the box centre) by the centre."""
+    if spec is None:
+        return None
+    import torch  # pylint: disable=import-outside-toplevel
+    from torchvision.transforms import v2  # pylint: disable=import-outside-toplevel
+
+    class Fixed:
+        def __init__(self, value):
+            self.value = value
+
+        def sample(self, shape=()):
+            return torch.full(shape, self.value, dtype=torch.float32)
+
+    kind, lam = spec[0], spec[1]
+    transform = (v2.MixUp if kind == "mixup" else v2.CutMix)(
+        alpha=1.0, num_classes=NUM_CLASSES)
+    transform._dist = Fixed(lam)  # pylint: disable=protected-access
+
+    def apply(images, labels):
+        if kind == "mixup":
+            return transform(images, labels)
+        # CutMix draws the centre as randint(W) then randint(H).
+        centre = iter([torch.tensor([spec[3]]), torch.tensor([spec[2]])])
+        with unittest.mock.patch.object(torch, "randint",
+                                        lambda *a, **k: next(centre)):
+            return transform(images, labels)
+
+    return apply
 
 
 # ---------------------------------------------------------------- compare
@@ -623,12 +769,17 @@ def compare_states(ours: Snapshot, ref: Snapshot, before: Snapshot) -> dict:
     time, which the largest element shows and the norm does not)."""
     ours_update = _delta(ours.params, before.params)
     ref_update = _delta(ref.params, before.params)
-    return dict(
+    diffs = dict(
         params=max_rel_diff(ours.params, ref.params),
         update=max_rel_diff(ours_update, ref_update),
         update_l2=max_rel_l2_diff(ours_update, ref_update),
         bn_stats=max_rel_diff(ours.bn_stats, ref.bn_stats),
-        opt_state=max_rel_diff(ours.opt_state, ref.opt_state))
+        opt_state=max_rel_diff(ours.opt_state, ref.opt_state),
+        ema=max_rel_diff(ours.ema, ref.ema) if ref.ema else (0.0, ""))
+    if ours.ema_count != ref.ema_count:
+        diffs["ema"] = (float("inf"), f"n_averaged {ours.ema_count} != "
+                        f"{ref.ema_count}")
+    return diffs
 
 
 def compare(stepped: Stepped | None, free: Run, ref: Run) -> dict:
@@ -700,13 +851,15 @@ def run_part(name: str, shared: Setup, dtype: str = "float32", *,
     """
     config = recipe_config(**PARTS[name])
     start = time.perf_counter()
-    recipe = TorchRecipe.from_config(config, **(torch_changes or {}))
+    recipe = TorchRecipe.from_config(
+        config, **{"mix": FIXED_MIX.get(name), **(torch_changes or {})})
     ref = run_torch(recipe, shared.state_dict, shared.batches, dtype)
     torch_s = time.perf_counter() - start
     start = time.perf_counter()
     if ours is None:
         ours = run_ours(config, shared.variables, shared.batches,
-                        shared.names, dtype, forced=ref)
+                        shared.names, dtype, forced=ref,
+                        mix_spec=FIXED_MIX.get(name))
     free, stepped = ours
     if torch_changes:  # our step-by-step runs followed the unchanged one
         stepped = None
@@ -731,6 +884,15 @@ CONTROLS = {
     # torch.optim.AdamW's own convention: every parameter decayed.
     "adamw_decays_bn_bias_in_torch": ("g_adamw", dict(decay_bn=True,
                                                       decay_bias=True)),
+    # The average not reset during warmup (torchvision's rule dropped).
+    "ema_warmup_reset_missing_in_torch": ("i_ema_warmup_cutmix",
+                                          dict(warmup_epochs=0.0)),
+    # Mixup's weights the other way round (lambda on the rolled batch).
+    "mixup_weights_swapped_in_torch": ("h_ema_mixup",
+                                       dict(mix=("mixup", 0.35))),
+    # timm's Lamb with the trust ratio on BatchNorm and biases too.
+    "lamb_adapts_every_tensor_in_torch": ("j_lamb",
+                                          dict(always_adapt=True)),
 }
 
 
@@ -744,10 +906,11 @@ def system_info() -> dict:
 
 COLUMNS = (("loss", "loss"), ("lr", "lr"), ("params", "params"),
            ("update", "update"), ("update_l2", "upd (L2)"),
-           ("bn_stats", "BN stats"), ("opt_state", "opt state"))
+           ("bn_stats", "BN stats"), ("opt_state", "opt state"),
+           ("ema", "EMA"))
 FREE_COLUMNS = (("loss", "loss"), ("params", "params"),
                 ("update_l2", "upd (L2)"), ("bn_stats", "BN stats"),
-                ("opt_state", "opt state"))
+                ("opt_state", "opt state"), ("ema", "EMA"))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -816,7 +979,7 @@ def main(argv=None) -> int:
         print()
         print(format_free_table(
             controls, "controls: PyTorch's reference changed on purpose, "
-            "vs our part (a or g), free-running (must differ)"))
+            "vs one of our parts, free-running (must differ)"))
     elapsed = time.perf_counter() - start
     print(f"\n{len(rows)} runs, {len(controls)} controls, {elapsed:.1f} s")
     if args.json:

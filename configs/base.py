@@ -70,6 +70,34 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Image folder files that do not decode to an image: "skip" (reported
     # with their paths) or "fail" (stop before training).
     config.bad_images = "skip"
+    # The input pipeline of image data sets (train/data/engines.py): "tf"
+    # (tf.data), "grain" (Grain: worker processes, no TensorFlow needed) or
+    # "auto" (the faster where both are installed, else the one that is).
+    # The two draw their random crops differently: a run resumes with the
+    # engine it started with.
+    config.data_engine = "auto"
+    # Grain's worker processes: -1, one per CPU core this process may use;
+    # 0, none (a thread of the training process).
+    config.data_workers = -1
+    # Eval resolution where it differs from training's (torchvision's V2
+    # recipe trains at 176 and evaluates a 224 crop of the image resized to
+    # 232). -1: config.image_size, and the preprocessing's own resize (the
+    # crop / 0.875 for ImageNet's).
+    config.eval_image_size = -1
+    config.eval_resize_size = -1
+    # Per-image augmentations after the crop and flip, in the input
+    # pipeline of image data sets (train/data/augment.py), as torchvision's:
+    # "" (none), "ta_wide" (TrivialAugmentWide) or "ra" (RandAugment, two
+    # ops of magnitude ra_magnitude out of 30).
+    config.auto_augment = ""
+    config.ra_magnitude = 9
+    # RandomErasing's probability per image (after normalization; 0: off).
+    config.random_erase = 0.0
+    # Batch mixing, on the device (train/mixing.py): Mixup and CutMix with
+    # these Beta parameters, one of the two per batch when both are > 0;
+    # 0 turns each off.
+    config.mixup_alpha = 0.0
+    config.cutmix_alpha = 0.0
 
     # Optimization. Learning rate = base_learning_rate * batch_size /
     # base_batch_size (linear scaling, Goyal et al. 2017).
@@ -83,8 +111,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.0
     config.lr_decay_epochs = ()  # step schedule: epochs where lr drops.
     config.lr_decay_factor = 0.1
-    # "sgd" (the paper's: momentum, nesterov) or "adamw" (torch.optim.AdamW:
-    # adam_b1, adam_b2, adam_eps, at PyTorch's defaults). Both decay
+    # "sgd" (the paper's: momentum, nesterov), "adamw" (torch.optim.AdamW:
+    # adam_b1, adam_b2, adam_eps, at PyTorch's defaults) or "lamb" (timm's
+    # Lamb, with the same three and lamb_max_grad_norm). All decay
     # weight_decay where weight_decay_bn/_bias say (docs/step_parity.md).
     config.optimizer = "sgd"
     config.momentum = 0.9
@@ -97,6 +126,21 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.weight_decay_bias = False  # decay other biases (fc) too.
     config.label_smoothing = 0.0
     config.grad_accum_steps = 1  # micro-batches per step.
+    # optimizer="lamb" (timm's Lamb): clip the gradients to this global norm
+    # first (timm's max_grad_norm; 0: no clipping).
+    config.lamb_max_grad_norm = 1.0
+
+    # An exponential moving average of the weights (and BatchNorm
+    # statistics), as torchvision's --model-ema (train/ema.py): updated
+    # every model_ema_steps steps with a decay rescaled from model_ema_decay
+    # by batch size, interval and epochs as torchvision's train.py does.
+    # Every eval then evaluates both; with model_ema_bundle the average is
+    # what the best checkpoint, the model bundle and the summary's accuracy
+    # follow (torchvision's published V2 weights are the average).
+    config.model_ema = False
+    config.model_ema_decay = 0.99998
+    config.model_ema_steps = 32
+    config.model_ema_bundle = True
 
     # Bookkeeping.
     config.seed = 0

@@ -66,8 +66,7 @@ class Checkpointer:
         try:
             with _quiet_disk_full():
                 manager.save(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(
-                        flax.serialization.to_state_dict(state)),
+                    state=ocp.args.StandardSave(_saved_tree(state)),
                     metadata=ocp.args.JsonSave(dict(metadata, step=step))))
                 manager.wait_until_finished()
         except Exception as e:
@@ -124,7 +123,7 @@ class Checkpointer:
         if not candidates:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                                flax.serialization.to_state_dict(template))
+                                _saved_tree(template))
         problems = []
         for step, _, kind in candidates:
             step_dir = self._step_dir(kind, step)
@@ -151,7 +150,7 @@ class Checkpointer:
                     self.latest.reload()
                     self.best.reload()
                 state = flax.serialization.from_state_dict(
-                    template, restored["state"])
+                    template, {"ema": {}, **restored["state"]})
                 return state, dict(restored["metadata"]), step_dir
             problems.append(f"{kind}/{step}: {problem}")
             self._set_aside(kind, step, problem)
@@ -214,6 +213,16 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _saved_tree(state: TrainState) -> dict:
+    """``state`` as a checkpoint holds it: a run without a moving average
+    (``ema`` empty) saves the same tree as before the field existed, so
+    that its checkpoints and older ones restore alike."""
+    tree = flax.serialization.to_state_dict(state)
+    if not jax.tree.leaves(tree.get("ema", {})):
+        tree.pop("ema", None)
+    return tree
 
 
 def _shape_differences(saved, expected) -> list[str]:
@@ -303,7 +312,9 @@ def restore_for_inference(workdir: str | pathlib.Path, which: str = "best"
     Loads the best checkpoint (``which="best"``, falling back to the latest
     when none was kept) or the latest (``which="latest"``) and rebuilds the
     model from the saved config, without a BatchNorm axis. ``variables`` is
-    ``{"params", "batch_stats"}``, ready for ``model.apply(variables, x)``.
+    ``{"params", "batch_stats"}``, ready for ``model.apply(variables, x)``:
+    the moving average's where the run reports it (``model_ema`` and
+    ``model_ema_bundle``).
     Outside the training program, load the run's model bundle instead
     (``resnext_jax.load_pretrained(workdir)``).
     """
@@ -328,6 +339,10 @@ def restore_for_inference(workdir: str | pathlib.Path, which: str = "best"
             state=ocp.args.StandardRestore(_local_target(
                 workdir / sub / str(step) / "state"))))
         state = restored["state"]
+        # A run that reports its moving average is used through it.
+        if (config.get("model_ema") and config.get("model_ema_bundle", True)
+                and state.get("ema")):
+            state = state["ema"]
         variables = {"params": state["params"],
                      "batch_stats": state.get("batch_stats", {})}
         model = build_model(config, len(info["class_names"]), axis_name=None)

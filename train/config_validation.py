@@ -17,8 +17,10 @@ PREPROCESS = ("auto", "digits", "cifar", "imagenet")
 SCHEDULES = ("cosine", "step")
 DTYPES = ("float32", "bfloat16")
 BAD_IMAGES = ("skip", "fail")
+DATA_ENGINES = ("auto", "tf", "grain")  # train/data/engines.py
 HEADS = ("auto", "keep", "reinit")
 TRAINABLE = ("all", "head")
+AUTO_AUGMENT = ("", "ta_wide", "ra")
 
 
 def dataset_family(name: str) -> str:
@@ -125,8 +127,15 @@ def validate_config(config: ml_collections.ConfigDict,
               "upscaled by pixel repetition), e.g. 8, 16 or 32.")
     _positive_int(config, "shuffle_buffer_size")
     _choice(config, "bad_images", BAD_IMAGES)
+    _choice(config, "data_engine", DATA_ENGINES)
+    if not _is_int(config.data_workers) or config.data_workers < -1:
+        _fail("data_workers", config.data_workers,
+              "must be -1 (one worker process per CPU core), 0 (none) or a "
+              "positive number of worker processes.")
     _number(config, "folder_eval_fraction", 0, 1, low_open=True,
             high_open=True)
+    _check_resolution(config)
+    _check_augmentation(config)
 
     for field in ("batch_size", "eval_batch_size", "base_batch_size",
                   "grad_accum_steps", "log_every_steps",
@@ -161,6 +170,8 @@ def validate_config(config: ml_collections.ConfigDict,
     _number(config, "adam_eps", 0, low_open=True)
     _number(config, "weight_decay", 0)
     _number(config, "label_smoothing", 0, 1, high_open=True)
+    _number(config, "lamb_max_grad_norm", 0)
+    _check_ema(config)
     _positive_int(config, "max_consecutive_nonfinite")
     for step in config.inject_nonfinite_steps:
         if not _is_int(step) or step < 1:
@@ -190,6 +201,55 @@ def validate_config(config: ml_collections.ConfigDict,
         if config[field] % num_processes:
             _fail(field, config[field], f"must be divisible by the number of "
                   f"processes ({num_processes}).")
+
+
+def _size_or_unset(config, field) -> None:
+    value = config[field]
+    if not _is_int(value) or (value < 1 and value != -1):
+        _fail(field, value, "must be a positive integer, or -1 for the "
+              "default.")
+
+
+def _check_resolution(config: ml_collections.ConfigDict) -> None:
+    _size_or_unset(config, "eval_image_size")
+    _size_or_unset(config, "eval_resize_size")
+    crop = (config.eval_image_size if config.eval_image_size > 0
+            else config.image_size)
+    if 0 < config.eval_resize_size < crop:
+        _fail("eval_resize_size", config.eval_resize_size,
+              f"must be at least the eval crop (={crop}).")
+    if dataset_family(config.dataset) == "digits" and (
+            config.eval_image_size > 0 or config.eval_resize_size > 0):
+        _fail("eval_image_size" if config.eval_image_size > 0
+              else "eval_resize_size",
+              max(config.eval_image_size, config.eval_resize_size),
+              "does not apply to config.dataset='digits' (8x8 arrays "
+              "upscaled to config.image_size); leave it at -1.")
+
+
+def _check_augmentation(config: ml_collections.ConfigDict) -> None:
+    _choice(config, "auto_augment", AUTO_AUGMENT)
+    ra_magnitude = config.ra_magnitude
+    if not _is_int(ra_magnitude) or not 0 <= ra_magnitude <= 30:
+        _fail("ra_magnitude", ra_magnitude,
+              "must be an integer from 0 to 30 (RandAugment's 31 bins).")
+    _number(config, "random_erase", 0, 1)
+    _number(config, "mixup_alpha", 0)
+    _number(config, "cutmix_alpha", 0)
+    if dataset_family(config.dataset) == "digits":
+        for field, off in (("auto_augment", ""), ("random_erase", 0.0)):
+            if config[field] != off:
+                _fail(field, config[field],
+                      "applies to image data sets (the tf.data pipeline), "
+                      "not config.dataset='digits'.")
+
+
+def _check_ema(config: ml_collections.ConfigDict) -> None:
+    for field in ("model_ema", "model_ema_bundle"):
+        if not isinstance(config[field], bool):
+            _fail(field, config[field], "must be True or False.")
+    _number(config, "model_ema_decay", 0, 1, low_open=True, high_open=True)
+    _positive_int(config, "model_ema_steps")
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

@@ -29,8 +29,8 @@ from resnext_jax._compile import compile_run_once
 from resnext_jax.layers.conv import resolve_conv_impl
 from resnext_jax.runtime.malloc import release_if_near_limit
 from train import (bundle, checkpoint, data as data_lib, distributed,
-                   init_from, mesh as mesh_lib, optim, steps,
-                   workdir as workdir_lib)
+                   ema as ema_lib, init_from, mesh as mesh_lib, mixing, optim,
+                   steps, workdir as workdir_lib)
 from train.config_validation import validate_config, validate_data
 from train.metrics_io import MetricWriter
 from train.model_factory import build_model
@@ -97,13 +97,17 @@ def setup(config: ml_collections.ConfigDict,
         config, source.steps_per_epoch, total_steps)
     tx = optim.create_optimizer(config, schedule)
     init = jax.jit(functools.partial(
-        steps.create_train_state, model, tx, image_size=source.image_size),
+        steps.create_train_state, model, tx, image_size=source.image_size,
+        with_ema=config.model_ema),
         out_shardings=mesh_lib.replicated(mesh))
     train_step = mesh_lib.data_parallel(
-        steps.make_train_step(model, tx, schedule,
-                              label_smoothing=config.label_smoothing,
-                              grad_accum_steps=config.grad_accum_steps,
-                              head_only=config.trainable == "head"),
+        steps.make_train_step(
+            model, tx, schedule, label_smoothing=config.label_smoothing,
+            grad_accum_steps=config.grad_accum_steps,
+            head_only=config.trainable == "head",
+            mix=mixing.make_mix(config.mixup_alpha, config.cutmix_alpha),
+            update_ema=ema_updater(config, source.steps_per_epoch,
+                                   total_steps)),
         mesh, donate=True, has_state_output=True)
     eval_step = mesh_lib.data_parallel(steps.make_eval_step(model), mesh,
                                        donate=False, has_state_output=False)
@@ -117,6 +121,29 @@ def setup(config: ml_collections.ConfigDict,
                 jax.random.PRNGKey(config.seed), variables=pretrained),
         train_step=train_step, eval_step=eval_step,
         is_writer=jax.process_index() == 0, init_record=init_record)
+
+
+def ema_updater(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                total_steps: int) -> Callable | None:
+    """``update(ema, params, batch_stats, step)`` with the run's EMA
+    settings (:func:`train.ema.update`), or None without ``model_ema``."""
+    if not config.model_ema:
+        return None
+    decay = ema_lib.decay_per_update(
+        config.model_ema_decay, config.batch_size, config.model_ema_steps,
+        total_steps / steps_per_epoch)
+    return functools.partial(
+        ema_lib.update, steps_per_epoch=steps_per_epoch,
+        every=config.model_ema_steps, decay=decay,
+        warmup_epochs=config.warmup_epochs)
+
+
+def reported_state(config: ml_collections.ConfigDict, state):
+    """The weights a run reports, keeps as best and bundles: the moving
+    average with ``model_ema`` and ``model_ema_bundle``, else the weights."""
+    if config.model_ema and config.model_ema_bundle:
+        return steps.ema_view(state)
+    return state
 
 
 def evaluate(eval_step, state, source: data_lib.DataSource,
@@ -198,6 +225,7 @@ class PeriodicActions:
         self.throughput = Throughput(run.config.batch_size)
         self.guard = NonFiniteGuard(run.config.max_consecutive_nonfinite)
         self.bundle_step = None  # Step of the state in the model bundle.
+        self.all_eval_metrics = {}  # "eval" and, with EMA, "eval_ema".
         self._metrics = []  # Train metrics since the last log, on device.
         self._flags, self._flags_from = [], start_step + 1
 
@@ -244,11 +272,13 @@ class PeriodicActions:
                 "total_steps": self.run.total_steps}
 
     def save_bundle(self, state, step: int) -> None:
-        """``<workdir>/model/`` from ``state`` (process 0)."""
+        """``<workdir>/model/`` from ``state``'s reported weights (process
+        0)."""
         if self.run.is_writer and self.bundle_step != step:
+            weights = reported_state(self.run.config, state)
             bundle.save_model(
-                self.run.workdir, self.run.config, state.params,
-                state.batch_stats, class_names=self.run.source.class_names,
+                self.run.workdir, self.run.config, weights.params,
+                weights.batch_stats, class_names=self.run.source.class_names,
                 preprocessing=self.run.source.preprocessing,
                 extra={"step": step, "eval_accuracy": (
                     self.eval_metrics or {}).get("accuracy")})
@@ -286,15 +316,30 @@ class PeriodicActions:
                              img_s=f"{logged['examples_per_second']:.0f}")
 
     def _evaluate(self, done: int, state) -> None:
-        self.eval_metrics = evaluate(self.run.eval_step, state,
+        """Evaluates the weights, and the moving average when the run keeps
+        one; ``eval_metrics`` are those of the reported ones."""
+        config = self.run.config
+        evals = {"eval": state}
+        if config.model_ema:
+            evals["eval_ema"] = steps.ema_view(state)
+        results = {}
+        for name, weights in evals.items():
+            results[name] = evaluate(self.run.eval_step, weights,
                                      self.run.source, self.run.mesh)
-        if self.writer:
-            self.writer.write(done, "eval", {
-                "loss": self.eval_metrics["loss"],
-                "accuracy": self.eval_metrics["accuracy"]})
-        self.bar.write(f"step {done}: eval loss "
-                       f"{self.eval_metrics['loss']:.4f}, accuracy "
-                       f"{100 * self.eval_metrics['accuracy']:.2f}%")
+            if self.writer:
+                self.writer.write(done, name, {
+                    "loss": results[name]["loss"],
+                    "accuracy": results[name]["accuracy"]})
+            label = "eval" if name == "eval" else "eval (EMA)"
+            self.bar.write(f"step {done}: {label} loss "
+                           f"{results[name]['loss']:.4f}, accuracy "
+                           f"{100 * results[name]['accuracy']:.2f}%")
+        reported = ("eval_ema" if config.model_ema and config.model_ema_bundle
+                    else "eval")
+        self.eval_metrics = dict(results[reported],
+                                 weights="ema" if reported == "eval_ema"
+                                 else "raw")
+        self.all_eval_metrics = results
         if self.eval_metrics["accuracy"] > self.best_accuracy:
             self.best_accuracy = self.eval_metrics["accuracy"]
             self.checkpoints.save(state, self.metadata(state), best=True)
@@ -376,8 +421,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         final_step = int(jax.device_get(state.step))
         completed = final_step >= run.total_steps
         if completed and actions.eval_metrics is None:  # Resumed at the end.
-            actions.eval_metrics = evaluate(run.eval_step, state, run.source,
-                                            run.mesh)
+            actions.eval_metrics = evaluate(
+                run.eval_step, reported_state(config, state), run.source,
+                run.mesh)
         if final_step > start_step or checkpoints.latest_step() is None:
             checkpoints.save(state, actions.metadata(state))
         if completed:
@@ -449,6 +495,14 @@ def _summary(run: Run, actions: PeriodicActions, final_step: int,
         "test_examples": metrics.get("num_examples"),
         "best_test_accuracy": (actions.best_accuracy
                                if actions.best_accuracy >= 0 else None),
+        # With model_ema: which weights the figures above are of, and both
+        # evals of the last eval point.
+        "test_weights": "ema" if (run.config.model_ema
+                                  and run.config.model_ema_bundle) else "raw",
+        "test_accuracy_raw": (actions.all_eval_metrics.get("eval") or {}).get(
+            "accuracy"),
+        "test_accuracy_ema": (actions.all_eval_metrics.get("eval_ema")
+                              or {}).get("accuracy"),
         "examples_per_second": actions.throughput.overall(),
         "train_seconds": actions.throughput.seconds,
         "wall_seconds": time.time() - wall_start,

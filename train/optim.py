@@ -64,7 +64,7 @@ def weight_decay_mask(params: Any, decay_bn: bool = False,
 
 
 # config.optimizer's values.
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "lamb")
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -78,8 +78,14 @@ def create_optimizer(config: ml_collections.ConfigDict,
     and the paper's Torch code. ``"adamw"``: ``optax.adamw`` (decoupled
     decay, ``lr * weight_decay * param``), PyTorch's ``torch.optim.AdamW``
     with ``config.adam_b1``, ``adam_b2``, ``adam_eps``; ``momentum`` and
-    ``nesterov`` are not used. docs/step_parity.md compares both with
-    PyTorch step by step.
+    ``nesterov`` are not used. ``"lamb"``: timm's ``Lamb`` (You et al.
+    2020, as ResNet Strikes Back trains): gradients clipped to a global norm
+    of ``config.lamb_max_grad_norm`` (timm's ``max_grad_norm``; 0: off),
+    Adam's step (``adam_b1``, ``adam_b2``, ``adam_eps``), plus
+    ``weight_decay * param``, scaled per tensor by the trust ratio
+    ``|param| / |update|`` only where weight decay applies (timm's default,
+    ``always_adapt=False``). docs/step_parity.md compares each with PyTorch
+    (and timm) step by step.
     With ``config.trainable="head"`` only the classifier is updated: every
     other parameter gets a zero update (no decay, no momentum).
     """
@@ -97,6 +103,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
         tx = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
                          eps=config.adam_eps,
                          weight_decay=config.weight_decay, mask=mask)
+    elif kind == "lamb":
+        tx = lamb(config, schedule, mask)
     else:
         raise ValueError(f"config.optimizer (={kind!r}) must be one of "
                          f"{OPTIMIZERS}.")
@@ -104,6 +112,25 @@ def create_optimizer(config: ml_collections.ConfigDict,
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    head_labels)
     return tx
+
+
+def lamb(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+         mask) -> optax.GradientTransformation:
+    """timm's ``Lamb`` as an optax chain (``optax.lamb`` adapts every
+    tensor and does not clip)."""
+    decays = config.weight_decay != 0
+    # timm adapts the tensors of param groups with weight decay only.
+    adapt = mask if decays else (
+        lambda params: jax.tree.map(lambda _: False, params))
+    return optax.chain(
+        (optax.clip_by_global_norm(config.lamb_max_grad_norm)
+         if config.lamb_max_grad_norm > 0 else optax.identity()),
+        optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
+                            eps=config.adam_eps),
+        optax.add_decayed_weights(config.weight_decay, mask=mask),
+        optax.masked(optax.scale_by_trust_ratio(), adapt),
+        optax.scale_by_learning_rate(schedule),
+    )
 
 
 # The classifier's parameters (named as in torchvision and timm).

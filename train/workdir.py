@@ -241,6 +241,7 @@ def _optimizer_state_kind(config: dict) -> dict:
     optimizer = config.get("optimizer", "sgd")
     return {"trainable": config.get("trainable", "all"),
             "optimizer": optimizer,
+            "model_ema": bool(config.get("model_ema", False)),
             "momentum": ("none" if optimizer == "sgd"
                          and not config.get("momentum") else "used")}
 
@@ -249,7 +250,8 @@ def check_optimizer_state(workdir: str | pathlib.Path,
                           config: ml_collections.ConfigDict) -> None:
     """Raises :class:`ConfigMismatchError` when the run's checkpoints hold
     an optimizer state of another structure than ``config``'s optimizer
-    (``trainable``, momentum on or off). ``allow_config_change`` cannot
+    (``trainable``, the optimizer, momentum on or off, a moving average
+    kept or not). ``allow_config_change`` cannot
     override it: such a checkpoint cannot be restored."""
     workdir = pathlib.Path(workdir)
     if not (workdir / CONFIG_FILE).is_file():
