@@ -134,3 +134,58 @@ def test_profile_step_kinds_of_operations():
     for name in ("ThunkExecutor::Execute", "$profiler", "end: ynn_fusion",
                  "Handle inputs", "while.2"):
         assert kind_of(name) is None, name
+
+
+@pytest.mark.slow
+def test_bench_input_smoke_measures_every_engine(tmp_path):
+    out = tmp_path / "input.json"
+    # Per core only: "all" is the same code at another core count, and
+    # each measurement is a process that loads its framework.
+    stdout = _run("bench_input.py", "--smoke", "--cores", "1", "--data-dir",
+                  str(tmp_path / "jpegs"), "--json", str(out))
+    assert "img/s/core" in stdout and "cores to feed" in stdout
+    data = json.loads(out.read_text())
+    for key in ("ratio_train_per_core", "ratio_eval_per_core",
+                "cores_to_feed_step", "step_img_s", "default_engine",
+                "system", "data", "results", "errors"):
+        assert key in data, key
+    assert data["errors"] == []
+    engines = {r["engine"] for r in data["results"]}
+    assert {"tf", "torchvision"} <= engines
+    for row in data["results"]:
+        assert row["img_s"] > 0 and row["images"] > 0, row
+    assert {(r["pipeline"], r["cores"]) for r in data["results"]} >= {
+        ("train", 1), ("eval", 1)}
+    assert data["ratio_train_per_core"] > 0
+    assert data["cores_to_feed_step"]["torchvision"] >= 1
+    assert data["data"]["images"] == 24
+    assert len(list((tmp_path / "jpegs" / "train").rglob("*.jpg"))) == 24
+
+
+def test_bench_input_summary_and_table():
+    """The ratios and core counts from the measured rows (no process)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_input  # pylint: disable=import-outside-toplevel
+
+    def row(pipeline, engine, cores, img_s):
+        return dict(pipeline=pipeline, engine=engine, cores=cores,
+                    img_s=img_s, img_s_per_core=img_s / cores,
+                    first_batch_s=1.0, setup_s=0.5, images=100)
+
+    rows = [row("train", "tf", 1, 600.0), row("train", "torchvision", 1,
+                                               300.0),
+            row("eval", "tf", 1, 400.0), row("eval", "torchvision", 1, 500.0),
+            row("train", "tf", 8, 4000.0)]
+    summary = bench_input.summarize(rows, "tf", 4396)
+    assert summary["ratio_train_per_core"] == 2.0
+    assert summary["ratio_eval_per_core"] == 0.8
+    assert summary["cores_to_feed_step"]["ours"] == 8  # ceil(4396 / 600)
+    assert summary["cores_to_feed_step"]["torchvision"] == 15
+    table = bench_input.format_table(rows, summary)
+    assert "train     tf" in table and "img/s/core" in table
+    assert "per core over torchvision: train 2.00x, eval 0.80x" in table
+    assert "ours 8, torchvision 15" in table
+    # An engine that was not measured gives no ratio rather than an error.
+    summary = bench_input.summarize(rows, "grain", 4396)
+    assert summary["ratio_train_per_core"] is None
+    assert "ours -" in bench_input.format_table(rows, summary)

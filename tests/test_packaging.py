@@ -22,10 +22,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # library's own, for download progress.)
 TRAINING_STACK = ("tensorflow", "tensorflow_datasets", "sklearn",
                   "matplotlib", "tensorboardX", "ml_collections", "torch",
-                  "torchvision", "timm")
+                  "torchvision", "timm", "grain")
 TRAINING_DISTS = ("tensorflow", "tensorflow-cpu", "tensorflow-datasets",
                   "scikit-learn", "matplotlib", "tensorboardx",
-                  "ml-collections", "torch", "torchvision", "timm")
+                  "ml-collections", "torch", "torchvision", "timm", "grain")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,8 @@ def test_wheel_holds_the_library_only(wheel):
     packages = {t for t in tops if not t.endswith(".dist-info")}
     assert packages == {"resnext_jax"}
     assert "resnext_jax/data/imagenet_classes.txt" in wheel.namelist()
+    # The oneDNN kernel's source, compiled on first use.
+    assert "resnext_jax/layers/onednn/grouped_conv.cc" in wheel.namelist()
 
 
 def test_wheel_requires_no_training_stack(wheel):
@@ -68,8 +70,10 @@ def test_wheel_requires_no_training_stack(wheel):
     assert {"jax", "flax", "flatbuffers", "numpy", "pillow",
             "safetensors"} <= names
     assert not names & set(TRAINING_DISTS), names
+    # oneDNN comes with its extra only.
+    assert not {n for n in names if n.startswith("onednn")}, names
     extras = set(meta.get_all("Provides-Extra"))
-    assert {"train", "torch", "dev"} <= extras
+    assert {"train", "torch", "onednn", "dev"} <= extras
     scripts = next(n for n in wheel.namelist()
                    if n.endswith(".dist-info/entry_points.txt"))
     text = wheel.read(scripts).decode()

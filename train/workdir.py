@@ -282,15 +282,43 @@ def check_resumable(workdir: str | pathlib.Path,
     if "num_epochs" in fields and saved.get("num_train_steps", -1) > 0 and (
             new["num_train_steps"] > 0):
         fields.remove("num_epochs")  # Not used by either.
-    if fields:
-        diffs = "; ".join(f"{f}: {saved.get(f)!r} -> {new.get(f)!r}"
-                          for f in fields)
+    diffs = [f"{f}: {saved.get(f)!r} -> {new.get(f)!r}" for f in fields]
+    engines = (_run_engine(workdir), _config_engine(config))
+    if None not in engines and engines[0] != engines[1]:
+        # config.data_engine="auto" resolves by what is installed.
+        diffs.append(f"input engine: {engines[0]!r} -> {engines[1]!r}, "
+                     "whose random crops differ")
+    if diffs:
+        diffs = "; ".join(diffs)
         raise ConfigMismatchError(
             f"resuming {workdir} at step {step} with another data order or "
             f"learning-rate schedule ({diffs}): the data position and the "
             "schedule would no longer mean what they did. Use a new "
             "--workdir, or pass --config.allow_config_change=True to resume "
             "anyway.")
+
+
+def _run_engine(workdir: pathlib.Path) -> str | None:
+    """The input engine a run read its image data with (``dataset.json``);
+    runs from before there was a choice read them with tf.data. None for
+    the digits, or no record."""
+    if not (workdir / DATASET_FILE).is_file():
+        return None
+    info = load_dataset_info(workdir)
+    if "data_engine" in info:
+        return info["data_engine"]
+    return None if info.get("dataset") == "digits" else "tf"
+
+
+def _config_engine(config: ml_collections.ConfigDict) -> str | None:
+    # pylint: disable=import-outside-toplevel
+    from train.data.engines import resolve_engine
+    from train.data.source import DataError
+    try:
+        engine = resolve_engine(config)
+    except (ValueError, DataError):  # Refused where the data are read.
+        return None
+    return None if engine == "digits" else engine
 
 
 class WorkdirLock:

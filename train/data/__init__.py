@@ -1,8 +1,9 @@
 """Input pipelines: the embedded digits, TFDS data sets and image folders.
 
-``create_data_source(config)`` gives the :class:`DataSource` a config names.
-TensorFlow (TFDS, image folders) is imported only for the sources that
-need it.
+``create_data_source(config)`` gives the :class:`DataSource` a config names,
+read by the engine ``config.data_engine`` resolves to (train/data/engines.py):
+tf.data or Grain. Each engine's modules are imported only when it is used:
+with Grain, the process never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,16 +17,22 @@ from resnext_jax import Preprocessing
 
 from train.config_validation import dataset_family
 from train.data.digits import create_digits_source
+from train.data.engines import resolve_engine
 from train.data.source import Batch, DataError, DataSource
 
 __all__ = ("Batch", "DataError", "DataSource", "create_data_source",
            "hide_accelerators_from_tensorflow", "inject_nonfinite",
-           "needs_tensorflow")
+           "needs_tensorflow", "resolve_engine")
 
 
 def needs_tensorflow(config: ml_collections.ConfigDict) -> bool:
     """Whether the config's data come through tf.data."""
-    return dataset_family(config.dataset) != "digits"
+    if dataset_family(config.dataset) == "digits":
+        return False
+    try:
+        return resolve_engine(config) == "tf"
+    except (ValueError, DataError):
+        return False  # Reported, with the fix, when the source is built.
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -50,11 +57,20 @@ def create_data_source(config: ml_collections.ConfigDict,
                      else process_index)
     process_count = (jax.process_count() if process_count is None
                      else process_count)
-    if not needs_tensorflow(config):
+    engine = resolve_engine(config)
+    if engine == "digits":
         return create_digits_source(config, process_index, process_count)
-    from train.data import tf_pipelines  # pylint: disable=import-outside-toplevel
-    return tf_pipelines.create_tf_source(config, process_index,
-                                         process_count, preprocessing)
+    # pylint: disable=import-outside-toplevel
+    if engine == "grain":
+        from train.data import grain_pipelines
+        source = grain_pipelines.create_grain_source(
+            config, process_index, process_count, preprocessing)
+    else:
+        from train.data import tf_pipelines
+        source = tf_pipelines.create_tf_source(config, process_index,
+                                               process_count, preprocessing)
+    source.engine = engine
+    return source
 
 
 def inject_nonfinite(batches: Iterator[Batch], start_step: int,

@@ -29,6 +29,14 @@ def display_path(path: str) -> str:
 
 def problem(path: str) -> str | None:
     """Why ``path`` is not a usable image, or None."""
+    return inspect(path)[0]
+
+
+def inspect(path: str) -> tuple[str | None, int]:
+    """``(why path is not a usable image or None, its EXIF orientation)``.
+
+    One open of the file gives both: a folder of a million images is read
+    once before training, not once per question."""
     from PIL import Image
 
     try:
@@ -37,25 +45,29 @@ def problem(path: str) -> str | None:
         # Pillow would read it, but tf.data cannot take the name (and its
         # error names no file): refused here, by name.
         return ("has a file name that is not valid UTF-8, which TensorFlow "
-                "cannot open; rename it")
-    if os.path.islink(path) and not os.path.exists(path):
-        return (f"is a broken symbolic link (to "
-                f"{display_path(os.readlink(path))})")
+                "cannot open; rename it"), 1
     try:
         with Image.open(path) as image:
+            orientation = _orientation_of(image)
             image.load()  # Decodes every pixel: catches truncated files.
             width, height = image.size
             frames = getattr(image, "n_frames", 1)
             bands = len(image.getbands())
     except Exception as e:  # Pillow raises many types for bad files.
-        return f"cannot be decoded ({type(e).__name__}: {e})"
+        # Links are looked at only when the open failed: a check of every
+        # file would add system calls per file to the folder scan.
+        if (isinstance(e, OSError) and os.path.islink(path)
+                and not os.path.exists(path)):
+            return (f"is a broken symbolic link (to "
+                    f"{display_path(os.readlink(path))})"), 1
+        return f"cannot be decoded ({type(e).__name__}: {e})", 1
     if width < 1 or height < 1:
-        return f"has shape {height}x{width}"
+        return f"has shape {height}x{width}", orientation
     if frames != 1:
-        return f"has {frames} frames, not one"
+        return f"has {frames} frames, not one", orientation
     if bands not in (1, 2, 3, 4):
-        return f"has {bands} channels"
-    return None
+        return f"has {bands} channels", orientation
+    return None, orientation
 
 
 def exif_orientation(path: str) -> int:
@@ -65,9 +77,16 @@ def exif_orientation(path: str) -> int:
 
     try:
         with Image.open(path) as image:
-            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+            return _orientation_of(image)
     except Exception:  # pylint: disable=broad-except
         return 1  # Unreadable files are reported by problem().
+
+
+def _orientation_of(image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # pylint: disable=broad-except
+        return 1  # A damaged EXIF block: the pixels may still be fine.
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -81,9 +100,18 @@ def filter_images(files: list[str], labels: list[int], policy: str
     ``policy="skip"`` reports each bad file and drops it; ``"fail"`` raises
     :class:`BadImageError` listing them.
     """
-    bad = [(f, why) for f in files if (why := problem(f)) is not None]
+    files, labels, _ = check_images(files, labels, policy)
+    return files, labels
+
+
+def check_images(files: list[str], labels: list[int], policy: str
+                 ) -> tuple[list[str], list[int], list[int]]:
+    """As :func:`filter_images`, with the EXIF orientation of each kept
+    file (read in the same open)."""
+    looks = [inspect(f) for f in files]
+    bad = [(f, why) for f, (why, _) in zip(files, looks) if why is not None]
     if not bad:
-        return files, labels
+        return files, labels, [o for _, o in looks]
     lines = [f"  {display_path(path)}: {why}" for path, why in bad]
     if policy == "fail":
         raise BadImageError(
@@ -93,6 +121,7 @@ def filter_images(files: list[str], labels: list[int], policy: str
                "(config.bad_images='skip'):\n" + "\n".join(lines))
     logging.warning(message)
     print(f"WARNING: {message}", flush=True)
-    dropped = {path for path, _ in bad}
-    kept = [(f, l) for f, l in zip(files, labels) if f not in dropped]
-    return [f for f, _ in kept], [l for _, l in kept]
+    kept = [(f, l, o) for f, l, (why, o) in zip(files, labels, looks)
+            if why is None]
+    return ([f for f, _, _ in kept], [l for _, l, _ in kept],
+            [o for _, _, o in kept])

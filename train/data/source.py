@@ -37,6 +37,9 @@ class DataSource:
     num_eval_steps: int
     train_batches: Callable[[int], Iterator[Batch]]
     eval_batches: Callable[[], Iterator[Batch]]
+    # The input engine that reads it ("tf", "grain"; "" for the digits):
+    # the engines draw their random crops differently.
+    engine: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +55,8 @@ class DataSource:
                 "image_size": self.image_size,
                 "preprocessing": self.preprocessing.to_dict(),
                 "num_train_examples": self.num_train_examples,
-                "num_eval_examples": self.num_eval_examples}
+                "num_eval_examples": self.num_eval_examples,
+                **({"data_engine": self.engine} if self.engine else {})}
 
 
 def local_batch_size(batch_size: int, process_count: int, field: str) -> int:

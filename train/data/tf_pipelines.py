@@ -13,30 +13,26 @@ resumes its data position (``train_batches(start_step)``).
 
 from __future__ import annotations
 
-import collections
 import io
 import os
-import pathlib
 from typing import Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 from resnext_jax import Preprocessing
 
-from train.config_validation import (ConfigError, check_batch_fits,
-                                     dataset_family)
-from train.data.image_check import (BadImageError, display_path,
-                                     exif_orientation, filter_images)
+from train.config_validation import check_batch_fits, dataset_family
+from train.data import augment, specs, tf_image_ops
+from train.data.folders import BASE_IMAGE_EXTENSIONS, scan_folder
 from train.data.source import (Batch, DataError, DataSource,
                                local_batch_size, num_eval_steps,
                                padded_eval_batches, seed_for)
 
 # What tf.io.decode_image (training) and Pillow (eval, predict) both read;
 # WebP where this TensorFlow decodes it. Other files are listed as skipped.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif") + (
+IMAGE_EXTENSIONS = BASE_IMAGE_EXTENSIONS + (
     (".webp",) if hasattr(tf.io, "decode_webp") else ())
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -45,34 +41,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Per example, float32 output, normalized: train augmentation, and the
 # eval spec (the library's, through PIL).
 
-def _decode(image: tf.Tensor) -> tf.Tensor:
-    """Encoded bytes (JPEG/PNG) or uint8 pixels -> uint8 HWC, 3 channels."""
-    if image.dtype == tf.string:
-        image = tf.io.decode_image(image, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-    elif image.shape[-1] == 1:
-        image = tf.image.grayscale_to_rgb(image)
-    return image
-
-
-def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """HWC pixels turned as their EXIF ``orientation`` (1 to 8) says, as
-    PIL's ``ImageOps.exif_transpose`` (which the eval spec applies): a
-    portrait phone photo is stored sideways with a tag."""
-    def transpose():
-        return tf.transpose(image, [1, 0, 2])
-    turned = tf.switch_case(tf.cast(orientation, tf.int32) - 1, [
-        lambda: image,                                    # 1: upright
-        lambda: tf.image.flip_left_right(image),          # 2
-        lambda: tf.image.rot90(image, 2),                 # 3
-        lambda: tf.image.flip_up_down(image),             # 4
-        transpose,                                        # 5: transpose
-        lambda: tf.image.rot90(image, 3),                 # 6
-        lambda: tf.image.rot90(transpose(), 2),           # 7: transverse
-        lambda: tf.image.rot90(image, 1),                 # 8
-    ], default=lambda: image)
-    turned.set_shape([None, None, image.shape[-1]])
-    return turned
+# Decoding and EXIF orientation (train/data/tf_image_ops.py), by the names
+# this module has always had.
+_decode, upright = tf_image_ops.decode, tf_image_ops.upright
 
 
 def _normalize(image, mean, std):
@@ -80,9 +51,46 @@ def _normalize(image, mean, std):
     return (image - tf.constant(mean)) / tf.constant(std)
 
 
-def cifar_train(image, seed, size, mean, std):
-    """Pad 4 (scaled to ``size``), random ``size`` crop, random flip."""
+def train_finish(mean, std, policy=None, erase: float = 0.0):
+    """``finish(pixels, seed)``: what follows the crop and flip, in
+    torchvision's order: the uint8 ``policy`` (TrivialAugment, RandAugment:
+    :func:`train.data.augment.augment_fn`), normalization, then random
+    erasing with probability ``erase``. Their seeds are folded from the
+    example's, so the crop and flip draw what they drew without them."""
+    def finish(image, seed):
+        if policy is not None:
+            image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)),
+                            tf.uint8)
+            image = policy(image, tf.random.experimental.stateless_fold_in(
+                seed, _POLICY_STREAM))
+        image = _normalize(image, mean, std)
+        if erase:
+            image = augment.random_erasing(
+                image, tf.random.experimental.stateless_fold_in(
+                    seed, _ERASE_STREAM), p=erase)
+        return image
+    return finish
+
+
+def _policy(config):
+    """``config.auto_augment``'s per-image policy, or None."""
+    if not config.auto_augment:
+        return None
+    options = ({"magnitude": config.ra_magnitude}
+               if config.auto_augment == "ra" else {})
+    return augment.augment_fn(config.auto_augment, **options)
+
+
+# Random streams of train_finish, folded into an example's seed.
+_POLICY_STREAM, _ERASE_STREAM = 1, 2
+
+
+def cifar_train(image, seed, size, finish, orientation=None):
+    """Pad 4 (scaled to ``size``), random ``size`` crop, random flip, then
+    ``finish`` (:func:`train_finish`). ``orientation``: EXIF's, or None."""
     image = _decode(image)
+    if orientation is not None:
+        image = upright(image, orientation)
     image = tf.cast(image, tf.float32)
     if image.shape[0] != size or image.shape[1] != size:
         image = tf.image.resize(image, [size, size], antialias=True)
@@ -92,24 +100,22 @@ def cifar_train(image, seed, size, mean, std):
         tf.random.experimental.stateless_split(seed, 2))
     image = tf.image.stateless_random_crop(image, [size, size, 3], crop_seed)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return _normalize(image, mean, std)
+    return finish(image, seed)
 
 
-def inception_train(image, seed, size, mean, std):
-    """Random-resized crop (area 8-100%, aspect 3/4-4/3), resize, flip."""
-    image = _decode(image)
+def inception_train(image, seed, size, finish, orientation=None):
+    """Random-resized crop (area 8-100%, aspect 3/4-4/3), resize, flip, then
+    ``finish`` (:func:`train_finish`). ``orientation``: EXIF's, or None.
+
+    A JPEG is decoded cropped (:func:`tf_image_ops.decode_and_random_crop`):
+    the same box and pixels as decoding it whole, for less work."""
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2))
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed,
-        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, crop)
+    image = tf_image_ops.decode_and_random_crop(image, crop_seed, orientation)
     image = tf.image.resize(image, [size, size], method="bicubic")
     image = tf.clip_by_value(image, 0.0, 255.0)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return _normalize(image, mean, std)
+    return finish(image, seed)
 
 
 def spec_eval(preprocessing: Preprocessing):
@@ -134,21 +140,6 @@ def spec_eval(preprocessing: Preprocessing):
         out.set_shape([size, size, 3])
         return out
     return fn
-
-
-def eval_preprocessing(kind: str, size: int) -> Preprocessing:
-    """The eval spec of a preprocessing kind at ``size``: CIFAR's whole
-    image, or ImageNet's center crop of 87.5%."""
-    if kind == "cifar":
-        return Preprocessing.cifar(size)
-    return Preprocessing.imagenet(size)
-
-
-def resolve_preprocess(config) -> str:
-    if config.preprocess != "auto":
-        return config.preprocess
-    return "cifar" if dataset_family(config.dataset) in (
-        "cifar10", "cifar100") else "imagenet"
 
 
 # ---------------------------------------------------------------------------
@@ -229,242 +220,24 @@ def _tfds_split(builder, config, split, process_index, process_count,
     return host, total
 
 
-# Split folder names (compared lower-cased). The eval split is the first
-# of EVAL_SPLITS present: val before validation before test, as when only
-# those three were known; Roboflow's and Kaggle's valid, and eval, dev and
-# testing, slot in beside them.
-TRAIN_SPLITS = ("train", "training")
-EVAL_SPLITS = ("val", "valid", "validation", "eval", "dev", "test", "testing")
-SPLIT_NAMES = TRAIN_SPLITS + EVAL_SPLITS
-_LAYOUT_RULE = (
-    "An image folder is either <data_dir>/<class>/<images> (split by "
-    "config.folder_eval_fraction) or <data_dir>/train/<class>/<images> with "
-    "<data_dir>/val/<class>/<images> (train/ may be named "
-    f"{' or '.join(n + '/' for n in TRAIN_SPLITS[1:])}, val/ "
-    f"{', '.join(n + '/' for n in EVAL_SPLITS[1:-1])} or "
-    f"{EVAL_SPLITS[-1]}/, in any letter case); no class folder may be named "
-    "like a split.")
-
-
-def _hidden(name: str) -> bool:
-    """Names starting with '.' (.ipynb_checkpoints, .DS_Store, .git) are
-    tool files, never classes or images."""
-    return name.startswith(".")
-
-
-def _subfolders(root: pathlib.Path) -> list[pathlib.Path]:
-    """``root``'s folders that are not hidden, sorted by name."""
-    return sorted((p for p in root.iterdir()
-                   if not _hidden(p.name) and p.is_dir()),
-                  key=lambda p: p.name)
-
-
-def _class_folders(root: pathlib.Path) -> list[pathlib.Path]:
-    """The class folders of ``root``; raises :class:`DataError` for names
-    that are split names (a layout mistake) or not UTF-8 (class names go
-    into the model bundle and onto the terminal)."""
-    folders = _subfolders(root)
-    splits = [p.name for p in folders if p.name.lower() in SPLIT_NAMES]
-    if splits:
-        nested = (" (a split folder inside a split folder: is the data nested "
-                  "one level too deep?)" if root.name.lower() in SPLIT_NAMES
-                  else "")
-        raise DataError(
-            f"{display_path(str(root))} has class folder(s) named like data "
-            f"splits: {', '.join(map(repr, splits))}{nested}. "
-            + _LAYOUT_RULE)
-    for p in folders:
-        try:
-            p.name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise DataError(
-                f"class folder {display_path(str(p))} has a name that is not "
-                "valid UTF-8; rename it (the class names are the folder "
-                "names).") from None
-    return folders
-
-
-def _folder_files(classes: list[pathlib.Path]):
-    """Image files and labels of the class folders ``classes``, and
-    ``(label, path)`` of the files of other types. Hidden files and folders
-    are left out; a broken symbolic link with an image's extension is kept,
-    to be reported with the unusable images. One walk per class: linear in
-    the files."""
-    files, labels, skipped = [], [], []
-    for label, folder in enumerate(classes):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [d for d in dirnames if not _hidden(d)]
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                broken_link = (os.path.islink(path)
-                               and not os.path.exists(path))
-                if _hidden(name) or not (os.path.isfile(path)
-                                         or broken_link):
-                    continue  # Sockets, pipes, devices.
-                found.append(pathlib.Path(path))
-        for path in sorted(found):  # Path order, as sorted(rglob()) was.
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(str(path))
-                labels.append(label)
-            else:
-                skipped.append((label, str(path)))
-    return files, labels, skipped
-
-
-def _report_skipped(skipped: list[tuple[int, str]]) -> None:
-    if not skipped:
-        return
-    shown = [f"  {display_path(path)}" for _, path in skipped[:20]]
-    if len(skipped) > 20:
-        shown.append(f"  ... and {len(skipped) - 20} more")
-    message = (f"skipping {len(skipped)} file(s) of unsupported types "
-               f"(supported: {' '.join(IMAGE_EXTENSIONS)}):\n"
-               + "\n".join(shown))
-    logging.warning(message)
-    print(f"WARNING: {message}", flush=True)
-
-
-def _check_every_class_trains(classes, found, skipped, train_l, eval_l):
-    """Raises :class:`BadImageError` naming each class left with no
-    training image, and why: a class nobody can learn is never trained."""
-    trains, evals = collections.Counter(train_l), collections.Counter(eval_l)
-    unsupported = collections.defaultdict(collections.Counter)
-    for label, path in skipped:
-        unsupported[label][pathlib.Path(path).suffix.lower() or
-                           "no extension"] += 1
-    problems = []
-    for label, name in enumerate(classes):
-        if trains[label]:
-            continue
-        why = []
-        if unsupported[label]:
-            types = ", ".join(f"{n} {ext}" for ext, n in
-                              sorted(unsupported[label].items()))
-            why.append(f"unsupported file types ({types})")
-        unusable = found[label] - evals[label]  # Dropped as bad images.
-        if unusable:
-            why.append(f"{unusable} unusable image(s), listed above")
-        if evals[label]:
-            why.append(f"{evals[label]} image(s), all in the eval split")
-        problems.append(f"class {name!r}: "
-                        + ("; ".join(why) or "no files"))
-    if problems:
-        raise BadImageError(
-            "no training image for " + " | ".join(problems)
-            + f". Supported types: {' '.join(IMAGE_EXTENSIONS)}; convert "
-            "or add images, or remove the class folder.")
-
-
-def _split_folders(root: pathlib.Path):
-    """``(train folder, eval folder)`` of a folder laid out by split, or
-    None when ``root``'s folders are the classes."""
-    folders = _subfolders(root)
-    trains = [p for p in folders if p.name.lower() in TRAIN_SPLITS]
-    evals = [p for p in folders if p.name.lower() in EVAL_SPLITS]
-    if not trains or not evals:
-        return None  # Split names among classes: _class_folders refuses.
-    rank = min(EVAL_SPLITS.index(p.name.lower()) for p in evals)
-    chosen = [p for p in evals if EVAL_SPLITS.index(p.name.lower()) == rank]
-    for role, named in (("training", trains), ("eval", chosen)):
-        if len(named) > 1:  # train/ and Training/, val/ and Val/: which?
-            raise DataError(
-                f"{display_path(str(root))} has {len(named)} {role} folders "
-                f"({', '.join(repr(display_path(p.name)) for p in named)}); "
-                "keep one. " + _LAYOUT_RULE)
-    if len(evals) > 1:
-        logging.info("image folder %s: %s is the eval split (%s unused)",
-                     display_path(str(root)), chosen[0].name,
-                     ", ".join(p.name for p in evals if p is not chosen[0]))
-    return trains[0], chosen[0]
-
-
-def _check_class_count(where: pathlib.Path, classes: list[str]) -> None:
-    if len(classes) < 2:
-        raise DataError(
-            f"{display_path(str(where))} holds {len(classes)} class "
-            f"folder(s){' ' + repr(classes) if classes else ''}: "
-            "classification needs at least 2 classes, one subfolder of "
-            "images per class.")
-
-
 def _folder_splits(config):
-    """(class names, train files/labels, eval files/labels) of a folder.
-
-    A ``train`` folder beside a ``val`` one (see TRAIN_SPLITS and
-    EVAL_SPLITS for the other names) is used as given; otherwise each
-    class is split by ``config.folder_eval_fraction`` with a fixed
-    permutation. Layout mistakes are refused before any image is decoded.
-    """
-    root = pathlib.Path(config.data_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"config.data_dir (={config.data_dir!r}) is not a directory; "
-            "give a folder with one subfolder of images per class.")
-    split = _split_folders(root)
-    if split:
-        train_dir, eval_dir = split
-        class_dirs, eval_dirs = _class_folders(train_dir), _class_folders(
-            eval_dir)
-        classes = [p.name for p in class_dirs]
-        eval_classes = [p.name for p in eval_dirs]
-        if eval_classes != classes:
-            only_train = sorted(set(classes) - set(eval_classes))
-            only_eval = sorted(set(eval_classes) - set(classes))
-            raise DataError(
-                f"the training folder {display_path(str(train_dir))} and the "
-                f"eval folder {display_path(str(eval_dir))} must hold the "
-                "same class folders, but "
-                + "; ".join(f"{names} only in {folder.name}/" for names, folder
-                            in ((only_train, train_dir),
-                                (only_eval, eval_dir)) if names)
-                + ".")
-        _check_class_count(train_dir, classes)
-        train_f, train_l, skipped = _folder_files(class_dirs)
-        eval_f, eval_l, eval_skipped = _folder_files(eval_dirs)
-        skipped += eval_skipped
-    else:
-        class_dirs = _class_folders(root)
-        classes = [p.name for p in class_dirs]
-        _check_class_count(root, classes)
-        files, labels, skipped = _folder_files(class_dirs)
-        by_class = [[] for _ in classes]
-        for file, label in zip(files, labels):
-            by_class[label].append(file)
-        train_f, train_l, eval_f, eval_l = [], [], [], []
-        rng = np.random.default_rng(0)  # The split never depends on seed.
-        for label, mine in enumerate(by_class):
-            order = rng.permutation(len(mine))
-            n_eval = max(1, int(round(len(mine) * config.folder_eval_fraction)))
-            for rank, i in enumerate(order):
-                target = (eval_f, eval_l) if rank < n_eval else (train_f,
-                                                                 train_l)
-                target[0].append(mine[i])
-                target[1].append(label)
-    _report_skipped(skipped)
-    found = collections.Counter(train_l + eval_l)
-    train_f, train_l = filter_images(train_f, train_l, config.bad_images)
-    eval_f, eval_l = filter_images(eval_f, eval_l, config.bad_images)
-    _check_every_class_trains(classes, found, skipped, train_l, eval_l)
-    if not train_f or not eval_f:
-        raise DataError(f"config.data_dir (={config.data_dir!r}) has no "
-                        f"{'training' if not train_f else 'eval'} images "
-                        f"with extensions {' '.join(IMAGE_EXTENSIONS)}.")
-    return classes, (train_f, train_l), (eval_f, eval_l)
+    """(class names, train files, eval files) of an image folder
+    (train/data/folders.py), with the types this TensorFlow decodes."""
+    split = scan_folder(config, IMAGE_EXTENSIONS)
+    return split.class_names, split.train, split.eval
 
 
-def _files_dataset(files, labels, process_index, process_count,
-                   drop_remainder):
+def _files_dataset(files, labels, orientations, process_index,
+                   process_count, drop_remainder):
     n = len(files)
     if drop_remainder:  # Equal shards, so hosts step in lockstep.
         n -= n % process_count
     # Training decodes with TensorFlow, which ignores EXIF: the orientation
-    # is read here (the header only) and applied after decoding. The eval
-    # spec (PIL) applies it itself.
+    # (read by the folder scan) is applied after decoding. The eval spec
+    # (PIL) applies it itself.
     ds = tf.data.Dataset.from_tensor_slices(
         {"path": files[:n], "label": np.asarray(labels[:n], np.int64),
-         "orientation": np.asarray([exif_orientation(f) for f in files[:n]],
-                                   np.int32)})
+         "orientation": np.asarray(orientations[:n], np.int32)})
     ds = ds.shard(process_count, process_index)
     ds = ds.map(lambda ex: {"image": tf.io.read_file(ex["path"]),
                             "label": ex["label"],
@@ -498,14 +271,10 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
             train_ds = train_ds.cache()  # 50,000 small images: keep decoded.
             eval_ds = eval_ds.cache()
 
-    kind = resolve_preprocess(config)
-    if kind == "digits":  # Also refused by validate_config.
-        raise ConfigError("config.preprocess (='digits') only applies to "
-                          "config.dataset='digits'.")
+    kind, preprocessing = specs.run_preprocessing(config, preprocessing)
     size = config.image_size
-    if preprocessing is None:
-        preprocessing = eval_preprocessing(kind, size)
-    mean, std = preprocessing.mean, preprocessing.std
+    finish = train_finish(preprocessing.mean, preprocessing.std,
+                          _policy(config), config.random_erase)
     train_fn = cifar_train if kind == "cifar" else inception_train
     eval_fn = spec_eval(preprocessing)
 
@@ -525,10 +294,9 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
         def preprocess(index, ex):
             seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
             if config.augment:
-                image = ex["image"]
-                if "orientation" in ex:  # Image folders (see _files_dataset).
-                    image = upright(_decode(image), ex["orientation"])
-                image = train_fn(image, seed, size, mean, std)
+                # Image folders carry an EXIF orientation (_files_dataset).
+                image = train_fn(ex["image"], seed, size, finish,
+                                 orientation=ex.get("orientation"))
             else:
                 image = eval_fn(ex["image"])
             return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
@@ -536,7 +304,8 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
         ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE,
                     deterministic=True)
         ds = ds.batch(local, drop_remainder=True).take(steps_per_epoch - skip)
-        return ds.prefetch(AUTOTUNE)
+        return ds.prefetch(AUTOTUNE).with_options(
+            tf_image_ops.pipeline_options())
 
     def train_batches(start_step: int) -> Iterator[Batch]:
         epoch, skip = divmod(start_step, steps_per_epoch)
@@ -554,7 +323,8 @@ def create_tf_source(config: ml_collections.ConfigDict, process_index: int,
             lambda ex: {"image": eval_fn(ex["image"]),
                         "label": tf.cast(ex["label"], tf.int32)},
             num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(local_eval).prefetch(AUTOTUNE)
+        ds = ds.batch(local_eval).prefetch(AUTOTUNE).with_options(
+            tf_image_ops.pipeline_options())
         return padded_eval_batches(ds.as_numpy_iterator(), local_eval,
                                    n_eval_steps)
 
