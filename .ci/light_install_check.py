@@ -5,6 +5,7 @@ checkout: the library's commands work, the training stack is not
 installed, and ``train``/``configs`` are not importable.
 """
 
+import importlib.metadata
 import importlib.util
 import pathlib
 import subprocess
@@ -21,6 +22,15 @@ ABSENT = ("train", "configs", "tensorflow", "tensorflow_datasets", "sklearn",
           "matplotlib", "tensorboardX", "ml_collections", "torch")
 present = [m for m in ABSENT if importlib.util.find_spec(m) is not None]
 assert not present, f"installed without extras: {present}"
+# Nor oneDNN (the [onednn] extra): conv_impl="onednn" still runs, on the
+# portable lowering, and says why in one line.
+for dist in ("onednn-cpu-gomp", "onednn-devel-cpu-gomp", "onednn"):
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        continue
+    raise AssertionError(f"installed without extras: {dist}")
+assert "not installed" in rx.layers.onednn.unavailable_reason()
 
 bin_dir = pathlib.Path(sys.executable).parent
 with tempfile.TemporaryDirectory() as tmp:
@@ -28,6 +38,10 @@ with tempfile.TemporaryDirectory() as tmp:
     model = rx.ResNeXt(stage_sizes=(1, 1, 1), stem="cifar", cardinality=2,
                        base_width=2, num_classes=3)
     variables = rx.init_variables(model, 0, image_size=16)
+    images = np.ones((1, 16, 16, 3), np.float32)
+    np.testing.assert_allclose(
+        model.clone(conv_impl="onednn").apply(variables, images, train=False),
+        model.apply(variables, images, train=False), atol=1e-5)
     rx.save_pretrained(tmp / "bundle", model, variables,
                        class_names=["a", "b", "c"],
                        preprocessing=rx.Preprocessing.cifar(16))

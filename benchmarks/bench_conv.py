@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from resnext_jax.layers import conv as conv_lib
+from resnext_jax.layers import onednn
 
 # (height, channels) of the grouped 3x3 in each stage of ResNeXt-50 32x4d.
 STAGES = [(56, 128), (28, 256), (14, 512), (7, 1024)]
@@ -79,6 +80,10 @@ def main(argv=None) -> int:
     print(f"jax {jax.__version__} on {jax.default_backend()}, "
           f"{len(os.sched_getaffinity(0))} CPUs usable; batch "
           f"{args.batch_size}, {args.groups} groups, {args.dtype}")
+    unavailable = onednn.unavailable_reason()
+    if unavailable:
+        print(f"onednn kernel unavailable ({unavailable}): its rows time the "
+              "dense lowering")
     header = (f"{'stage':<7}{'shape':<16}{'lowering':<16}{'chunk':>6}"
               f"{'fwd ms':>10}{'fwd+bwd ms':>12}")
     print(header)
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
         cin_g = channels // args.groups
         default_chunk = conv_lib.default_chunk_groups(args.groups, cin_g,
                                                       cin_g)
-        configs = [("xla", None), ("dense", None)]
+        configs = [("xla", None), ("dense", None), ("onednn", None)]
         configs += [("dense", int(c)) for c in args.chunks.split(",")
                     if c and args.groups % int(c) == 0]
         for impl, chunk in configs:

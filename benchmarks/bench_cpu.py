@@ -28,6 +28,7 @@ Every jax process has JAX's persistent compilation cache on (in
     python benchmarks/bench_cpu.py                    # step, components, first_step
     python benchmarks/bench_cpu.py --parts curve,models
     python benchmarks/bench_cpu.py --smoke            # seconds: tiny sizes
+    python benchmarks/bench_cpu.py --cpu-lowering onednn  # the oneDNN kernel
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def worker_jax_step(spec):
     batch, size = spec["batch"], spec["size"]
     images, labels, variables = synthetic_inputs(model, size, batch)
     params, stats = variables["params"], variables["batch_stats"]
-    out = dict(framework="jax", lowering=rx.layers.resolve_conv_impl("auto"))
+    out = dict(framework="jax",
+               lowering=rx.layers.resolve_conv_impl(model.conv_impl))
     if spec["mode"] == "infer":
         infer = jax.jit(lambda p, s, x: model.apply(
             {"params": p, "batch_stats": s}, x, train=False))
@@ -434,6 +436,12 @@ def worker_main(spec: dict) -> None:
     if spec["framework"] == "jax":
         from resnext_jax.runtime.compilation_cache import enable_compilation_cache  # pylint: disable=import-outside-toplevel
         enable_compilation_cache(spec.get("cache_dir"))
+        if spec.get("cpu_lowering"):
+            # What auto compiles to on CPU, as if the library's switch
+            # (AUTO_LOWERINGS["cpu"]) said so: the whole model, components
+            # included.
+            from resnext_jax.layers import conv  # pylint: disable=import-outside-toplevel
+            conv.AUTO_LOWERINGS["cpu"] = spec["cpu_lowering"]
     result = WORKERS[(spec["framework"], spec["task"])](spec)
     print("RESULT " + json.dumps(dict(spec=spec, **result)), flush=True)
 
@@ -469,7 +477,8 @@ def torch_available() -> bool:
 def _spec(framework, task, args, **kw):
     spec = dict(framework=framework, task=task, model=args.model,
                 size=args.image_size, batch=args.batch_size, runs=args.runs,
-                warmup=args.warmup, model_kwargs=args.model_kwargs)
+                warmup=args.warmup, model_kwargs=args.model_kwargs,
+                cpu_lowering=args.cpu_lowering)
     spec.update(kw)
     return spec
 
@@ -565,7 +574,8 @@ def part_models(args, report):
         name, size, batch = item.split(":")
         spec = dict(model=name, size=int(size), batch=int(batch),
                     runs=args.runs, warmup=args.warmup, model_kwargs={},
-                    task="step", mode="train")
+                    task="step", mode="train",
+                    cpu_lowering=args.cpu_lowering)
         for framework in ("jax", "torch"):
             r = run_worker(dict(spec, framework=framework,
                                 malloc=framework == "jax"))
@@ -598,6 +608,10 @@ def main(argv=None) -> int:
         type=lambda s: [m for m in s.split(",") if m])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cpu-lowering", choices=["dense", "onednn"],
+                        help="what our auto lowering compiles to on CPU "
+                        "(default: the library's choice); onednn needs the "
+                        "resnext_jax[onednn] extra")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes: checks that every part runs")
     parser.add_argument("--json", default="benchmarks/results/cpu.json")

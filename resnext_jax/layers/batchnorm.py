@@ -54,9 +54,10 @@ def check_bn_impl(impl: str) -> str:
 
 def bn_impl_for(conv_impl: str) -> str:
     """The BatchNorm lowering that goes with a convolution lowering: the
-    fused VJP with the CPU's ``dense``, flax's formula with XLA's native
-    convolutions, and each platform's own under ``auto``."""
-    return {"auto": "auto", "dense": "fused"}.get(conv_impl, "flax")
+    fused VJP with the CPU's ``dense`` and ``onednn``, flax's formula with
+    XLA's native convolutions, and each platform's own under ``auto``."""
+    return {"auto": "auto", "dense": "fused", "onednn": "fused"}.get(
+        conv_impl, "flax")
 
 
 def _check_activation(activation):

@@ -18,6 +18,11 @@ Lowerings (see `CONV_IMPLS`); every one computes the same function:
   is far faster on CPU despite the zeros it multiplies. Where XLA:CPU's
   kernel gradient is slow (strided, or 64+ or at most 4 input channels per
   convolution), it is one batched GEMM over image patches instead.
+* ``"onednn"``: ``dense``, except that the 3x3 convolutions with padding 1
+  and strides 1 or 2 (every grouped convolution of a ResNeXt) are one native
+  oneDNN call each, forward and backward (`resnext_jax.layers.onednn`; the
+  ``resnext_jax[onednn]`` extra). Where the kernel cannot be had, and in
+  ``jax.export``, those are ``dense``'s too (on other platforms, XLA's).
 * ``"auto"``: one traced program that holds each platform's lowering
   (`AUTO_LOWERINGS`) behind ``jax.lax.platform_dependent``, in the
   forward and in the backward pass (`resnext_jax.layers.platform_choice`).
@@ -38,14 +43,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnext_jax.layers import platform_choice
+from resnext_jax.layers import onednn, platform_choice
 
 Padding = str | Sequence[tuple[int, int]]
 
-CONV_IMPLS = ("auto", "xla", "dense")
+CONV_IMPLS = ("auto", "xla", "dense", "onednn")
 
 # What "auto" compiles to on each platform (jax.export's platform names);
-# the measurements behind the choice are in docs/performance.md.
+# the measurements behind the choice are in docs/performance.md. The "cpu"
+# entry is the switch for the oneDNN kernel: "onednn" makes auto use it where
+# it is installed (and "dense" where not, with one logged line saying why).
 AUTO_LOWERINGS = {"cpu": "dense", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
 # Any other platform jax may add later.
 _AUTO_DEFAULT = "xla"
@@ -326,6 +333,14 @@ _conv_patches_kernel_grad.defvjp(_conv_patches_kernel_grad_fwd,
                                  _conv_patches_kernel_grad_bwd)
 
 
+def _onednn_or_dense(x, kernel, strides, padding, groups, chunk_groups=None):
+    """The ``onednn`` lowering: the kernel where it is offered
+    (`onednn.applies`), the ``dense`` lowering elsewhere."""
+    if onednn.applies(x, kernel, strides, padding, groups):
+        return onednn.grouped_conv(x, kernel, strides, padding, groups)
+    return _dense_conv(x, kernel, strides, padding, groups, chunk_groups)
+
+
 def _hashable_padding(padding: Padding) -> Padding:
     if isinstance(padding, str):
         return padding
@@ -355,6 +370,8 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
                      for name in CONV_IMPLS}
         lowerings["dense"] = functools.partial(
             _dense_conv, strides=strides, padding=padding, groups=1)
+        lowerings["onednn"] = functools.partial(
+            _onednn_or_dense, strides=strides, padding=padding, groups=1)
         if impl == "auto":
             return _per_platform(lowerings, x, kernel)
         return lowerings[impl](x, kernel)
@@ -365,7 +382,10 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *,
     def dense(x, k):
         return _dense_conv(x, k, strides, padding, groups, chunk_groups)
 
-    lowerings = {"xla": xla, "dense": dense}
+    def onednn_or_dense(x, k):
+        return _onednn_or_dense(x, k, strides, padding, groups, chunk_groups)
+
+    lowerings = {"xla": xla, "dense": dense, "onednn": onednn_or_dense}
     if impl == "auto":
         return _per_platform(lowerings, x, kernel)
     return lowerings[impl](x, kernel)
@@ -396,12 +416,12 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
              padding: int = 1, impl: str = "auto") -> jax.Array:
     """Max-pool of NHWC ``x`` with symmetric -inf padding (torchvision's stem).
 
-    With the ``dense`` lowering it is the maximum of ``window**2`` strided
-    slices: XLA:CPU's reduce-window backward (select-and-scatter) is about 4x
-    slower than the backward of these elementwise maxima. Ties split the
-    gradient instead of sending it all to the first maximum; both are valid
-    subgradients, and the forward result is identical. The other lowerings
-    use XLA's reduce-window.
+    With the ``dense`` (and ``onednn``) lowering it is the maximum of
+    ``window**2`` strided slices: XLA:CPU's reduce-window backward
+    (select-and-scatter) is about 4x slower than the backward of these
+    elementwise maxima. Ties split the gradient instead of sending it all to
+    the first maximum; both are valid subgradients, and the forward result
+    is identical. The other lowerings use XLA's reduce-window.
     """
     check_conv_impl(impl)
     native = functools.partial(_reduce_window_max_pool, window=window,
@@ -409,7 +429,7 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
     sliced = functools.partial(_sliced_max_pool, window=window,
                                stride=stride, padding=padding)
     lowerings = {impl: native for impl in CONV_IMPLS}
-    lowerings["dense"] = sliced
+    lowerings["dense"] = lowerings["onednn"] = sliced
     if impl == "auto":
         return _per_platform(lowerings, x)
     return lowerings[impl](x)
