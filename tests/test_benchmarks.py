@@ -43,7 +43,7 @@ def test_bench_throughput_writes_json(tmp_path):
     assert "torchvision: skipped, --model-kwargs" in stdout
     assert "train img/s" in stdout
     data = json.loads(out.read_text())
-    assert data["results"][0]["resolved_impl"] == "dense"
+    assert data["results"][0]["resolved_impl"] == "onednn"
     assert data["results"][0]["train_img_s"] > 0
 
 

@@ -126,7 +126,7 @@ def test_chunk_heuristic_divides_groups():
 
 
 def test_auto_resolves_by_platform():
-    assert rx.layers.resolve_conv_impl("auto", platform="cpu") == "dense"
+    assert rx.layers.resolve_conv_impl("auto", platform="cpu") == "onednn"
     for platform in ("gpu", "cuda", "rocm", "tpu"):
         assert rx.layers.resolve_conv_impl("auto", platform=platform) == "xla"
     assert rx.layers.resolve_conv_impl("xla", platform="cpu") == "xla"

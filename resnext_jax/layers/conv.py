@@ -53,7 +53,7 @@ CONV_IMPLS = ("auto", "xla", "dense", "onednn")
 # the measurements behind the choice are in docs/performance.md. The "cpu"
 # entry is the switch for the oneDNN kernel: "onednn" makes auto use it where
 # it is installed (and "dense" where not, with one logged line saying why).
-AUTO_LOWERINGS = {"cpu": "dense", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
+AUTO_LOWERINGS = {"cpu": "onednn", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
 # Any other platform jax may add later.
 _AUTO_DEFAULT = "xla"
 
