@@ -61,10 +61,14 @@ TOLERANCES = dict(loss=LOSS_TOL, lr=LR_TOL, params=PARAM_TOL,
                   update=STATE_TOL, update_l2=STATE_TOL, bn_stats=STATE_TOL,
                   opt_state=STATE_TOL, ema=STATE_TOL)
 # Parts whose fields a later part also exercises (each compiles a train
-# step, so the suite runs the later one only; the benchmark runs all):
-# plain momentum in h, warmup + cosine in i.
-COVERED = {"f_momentum_no_nesterov": "h_ema_mixup",
-           "e_warmup_cosine": "i_ema_warmup_cutmix"}
+# step, so the suite runs the later one only; the benchmark runs all): the
+# BatchNorm/bias exclusion through the same decay mask in j (SGD's
+# add_decayed_weights), label smoothing in h, warmup + cosine in i, plain
+# momentum in h.
+COVERED = {"b_no_decay_bn_bias": "j_lamb",
+           "c_label_smoothing": "h_ema_mixup",
+           "e_warmup_cosine": "i_ema_warmup_cutmix",
+           "f_momentum_no_nesterov": "h_ema_mixup"}
 TESTED_PARTS = [p for p in step_parity.PARTS if p not in COVERED]
 
 
@@ -94,7 +98,7 @@ def _too_far(values: dict, tolerances: dict) -> dict:
             if not values[k] <= tol}
 
 
-# Each part compiles a train step: eight in float64, one in float32.
+# Each part compiles a train step: six in float64, one in float32.
 @pytest.mark.slow
 @pytest.mark.parametrize("part", TESTED_PARTS)
 def test_part_matches_pytorch_in_float64(part, float64_part):
