@@ -43,3 +43,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.abspath(a) == os.path.abspath(b)
+
+
+def cache_path(env_var: str, *parts: str) -> pathlib.Path:
+    """One of the library's caches: ``$<env_var>`` where set, else
+    ``$XDG_CACHE_HOME/resnext_jax/<parts>`` (``~/.cache/resnext_jax/...``)."""
+    explicit = os.environ.get(env_var)
+    if explicit:
+        return pathlib.Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base).expanduser().joinpath("resnext_jax", *parts)

@@ -13,6 +13,8 @@ import pathlib
 
 import jax
 
+from resnext_jax._files import cache_path
+
 # Where the cache lives unless the user says otherwise.
 ENV_VAR = "RESNEXT_JAX_CACHE_DIR"
 
@@ -20,12 +22,7 @@ ENV_VAR = "RESNEXT_JAX_CACHE_DIR"
 def default_cache_dir() -> pathlib.Path:
     """``$RESNEXT_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/resnext_jax/xla``
     (``~/.cache/resnext_jax/xla``)."""
-    explicit = os.environ.get(ENV_VAR)
-    if explicit:
-        return pathlib.Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "resnext_jax" / "xla"
+    return cache_path(ENV_VAR, "xla")
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None

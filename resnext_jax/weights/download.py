@@ -21,6 +21,8 @@ import urllib.request
 
 from tqdm import tqdm
 
+from resnext_jax._files import cache_path
+
 __all__ = ("HashMismatchError", "WeightsUnavailableError", "cache_dir",
            "check_sha256", "fetch", "sha256_of", "torchvision_hash_prefix")
 
@@ -45,11 +47,7 @@ class WeightsUnavailableError(OSError):
 def cache_dir() -> pathlib.Path:
     """Where downloaded weights live: ``$RESNEXT_JAX_HOME``, else
     ``$XDG_CACHE_HOME/resnext_jax``, else ``~/.cache/resnext_jax``."""
-    if os.environ.get("RESNEXT_JAX_HOME"):
-        return pathlib.Path(os.environ["RESNEXT_JAX_HOME"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return pathlib.Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "resnext_jax"
-    return pathlib.Path.home() / ".cache" / "resnext_jax"
+    return cache_path("RESNEXT_JAX_HOME")
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -41,6 +41,8 @@ import threading
 
 import jax
 
+from resnext_jax._files import cache_path
+
 SOURCE = pathlib.Path(__file__).with_name("grouped_conv.cc")
 # The wheels the extra installs: the shared library, and the headers.
 LIBRARY_DIST = "onednn-cpu-gomp"
@@ -133,12 +135,7 @@ def find_compiler() -> str:
 def kernel_cache_dir() -> pathlib.Path:
     """``$RESNEXT_JAX_KERNEL_DIR``, else ``$XDG_CACHE_HOME/resnext_jax/
     kernels`` (``~/.cache/resnext_jax/kernels``)."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return pathlib.Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "resnext_jax" / "kernels"
+    return cache_path(CACHE_ENV, "kernels")
 
 
 def _compiler_identity(compiler: str) -> str:
