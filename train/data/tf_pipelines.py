@@ -47,8 +47,19 @@ _decode, upright = tf_image_ops.decode, tf_image_ops.upright
 
 
 def _normalize(image, mean, std):
+    """``(x / 255 - mean) / std`` per channel, in float32.
+
+    With a static shape, ``mean`` and ``std`` are constants of the image's
+    whole shape: TensorFlow's CPU kernels broadcast a 3-vector over an HWC
+    image about 5x slower than they combine two equal shapes, and the
+    values are the same bits either way."""
     image = tf.cast(image, tf.float32) / 255.0
-    return (image - tf.constant(mean)) / tf.constant(std)
+    if image.shape.is_fully_defined():
+        shape = image.shape.as_list()
+        mean = np.broadcast_to(np.asarray(mean, np.float32), shape)
+        std = np.broadcast_to(np.asarray(std, np.float32), shape)
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std,
+                                                                 tf.float32)
 
 
 def train_finish(mean, std, policy=None, erase: float = 0.0):
