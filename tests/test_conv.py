@@ -250,3 +250,25 @@ def test_auto_gradient_is_the_targets_lowering(platform, native_convs):
                 lambda x, k: jnp.sum(jnp.sin(_reference(
                     x, k, (1, 1), "SAME", 8))), argnums=(0, 1))(x, kernel)):
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["dense", "onednn"])
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum(impl):
+    """With ties (a ReLU's zeros, repeated values) each window's gradient
+    goes whole to its first maximum in row-major order, as PyTorch's
+    max_pool2d; a NaN is the maximum of its windows."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.integers(-1, 3, (2, 9, 8, 3)).astype(np.float32)
+    x[1, 4, 4, 1] = np.nan
+    dy = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+    out, pullback = jax.vjp(
+        lambda x: conv_lib.max_pool(x, 3, 2, 1, impl=impl), jnp.asarray(x))
+    dx, = pullback(jnp.asarray(dy))
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    ref = torch.nn.functional.max_pool2d(xt, 3, 2, 1)
+    ref.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(
+        np.asarray(out), ref.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(np.asarray(dx),
+                               xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-6)

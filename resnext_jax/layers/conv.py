@@ -396,20 +396,71 @@ def _reduce_window_max_pool(x, window, stride, padding):
                        padding=((padding, padding), (padding, padding)))
 
 
-def _sliced_max_pool(x, window, stride, padding):
+def _pool_taps(x, window, stride, padding):
+    """The ``window**2`` strided slices of ``x`` padded with -inf, row by
+    row: tap ``t`` holds each window's element ``t``."""
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                  constant_values=-jnp.inf)
     n, h, w, c = xp.shape
     ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
-    out = None
-    for i in range(window):
-        for j in range(window):
-            tap = lax.slice(xp, (0, i, j, 0),
-                            (n, i + (ho - 1) * stride + 1,
-                             j + (wo - 1) * stride + 1, c),
-                            (1, stride, stride, 1))
-            out = tap if out is None else jnp.maximum(out, tap)
-    return out
+    return [lax.slice(xp, (0, i, j, 0),
+                      (n, i + (ho - 1) * stride + 1,
+                       j + (wo - 1) * stride + 1, c),
+                      (1, stride, stride, 1))
+            for i in range(window) for j in range(window)]
+
+
+def _max_and_first_argmax(x, window, stride, padding):
+    """Each window's maximum, and the tap that holds it first (a NaN wins,
+    as in PyTorch)."""
+    taps = _pool_taps(x, window, stride, padding)
+    out, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+    for t, tap in enumerate(taps[1:], start=1):
+        wins = (tap > out) | jnp.isnan(tap)
+        out = jnp.where(wins, tap, out)
+        argmax = jnp.where(wins, jnp.int8(t), argmax)
+    return out, argmax
+
+
+def _sliced_max_pool(x, window, stride, padding):
+    return _first_max_pool(x, window, stride, padding, x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _first_max_pool(x, window, stride, padding, shape):
+    del shape  # The backward's, as a static value.
+    return _max_and_first_argmax(x, window, stride, padding)[0]
+
+
+def _first_max_pool_fwd(x, window, stride, padding, shape):
+    del shape
+    out, argmax = _max_and_first_argmax(x, window, stride, padding)
+    return out, argmax
+
+
+def _first_max_pool_bwd(window, stride, padding, shape, argmax, dy):
+    # Each window's gradient goes to its first maximum, as PyTorch's: tap
+    # t's share is spread back onto the padded grid by an interior padding
+    # (one fused loop in XLA, with no scatter).
+    n, h, w, c = shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    _, ho, wo, _ = dy.shape
+    dxp = None
+    for t in range(window * window):
+        i, j = divmod(t, window)
+        share = jnp.where(argmax == t, dy, jnp.zeros((), dy.dtype))
+        spread = lax.pad(share, jnp.zeros((), dy.dtype), (
+            (0, 0, 0),
+            (i, hp - i - (ho - 1) * stride - 1, stride - 1),
+            (j, wp - j - (wo - 1) * stride - 1, stride - 1),
+            (0, 0, 0)))
+        dxp = spread if dxp is None else dxp + spread
+    dx = lax.slice(dxp, (0, padding, padding, 0),
+                   (n, padding + h, padding + w, c))
+    return (dx,)
+
+
+_first_max_pool.defvjp(_first_max_pool_fwd, _first_max_pool_bwd)
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
@@ -417,11 +468,11 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
     """Max-pool of NHWC ``x`` with symmetric -inf padding (torchvision's stem).
 
     With the ``dense`` (and ``onednn``) lowering it is the maximum of
-    ``window**2`` strided slices: XLA:CPU's reduce-window backward
-    (select-and-scatter) is about 4x slower than the backward of these
-    elementwise maxima. Ties split the gradient instead of sending it all to
-    the first maximum; both are valid subgradients, and the forward result
-    is identical. The other lowerings use XLA's reduce-window.
+    ``window**2`` strided slices, and its gradient goes to each window's
+    first maximum through padded copies: XLA:CPU's reduce-window backward
+    (select-and-scatter) is several times slower. The result and the
+    gradient are those of XLA's reduce-window and of PyTorch's
+    ``max_pool2d``, which the other lowerings use.
     """
     check_conv_impl(impl)
     native = functools.partial(_reduce_window_max_pool, window=window,

@@ -43,12 +43,14 @@ _TARGETS = {FORWARD: "resnext_onednn_conv_fwd",
             KERNEL_GRAD: "resnext_onednn_conv_bwd_weights"}
 _NAMES = {FORWARD: "convolution", INPUT_GRAD: "input gradient",
           KERNEL_GRAD: "kernel gradient"}
-# What the kernel is offered for: ResNeXt's (and ResNet's) 3x3
-# convolutions. The C++ handles any window, stride and padding; these are
-# the ones the tests cover.
-WINDOW = (3, 3)
-STRIDES = ((1, 1), (2, 2))
-PADDING = ((1, 1), (1, 1))
+# What the kernel is offered for, as (window, strides, padding): ResNeXt's
+# (and ResNet's) 3x3 convolutions, and the 7x7 stem. The C++ handles any
+# window, stride and padding; these are the ones the tests cover.
+CONFIGURATIONS = (
+    ((3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((7, 7), (2, 2), ((3, 3), (3, 3))),
+)
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 _logged: set[str] = set()
@@ -76,17 +78,18 @@ def explicit_padding(x_shape, window, strides, padding):
 def applies(x, kernel, strides: Sequence[int], padding, groups: int,
             dilation: int = 1) -> bool:
     """Whether the kernel is offered for this convolution (NHWC ``x``, HWIO
-    ``kernel``): a 3x3 window, strides 1 or 2, padding 1 on every side, no
-    dilation, float32 or bfloat16 operands of one type. Anything else stays
-    on the portable lowering."""
-    return (x.ndim == 4 and kernel.ndim == 4 and dilation == 1
-            and tuple(kernel.shape[:2]) == WINDOW
-            and tuple(strides) in STRIDES
+    ``kernel``): a 3x3 window at strides 1 or 2 with padding 1 on every
+    side, or the 7x7 stem (stride 2, padding 3); no dilation; float32 or
+    bfloat16 operands of one type. Anything else stays on the portable
+    lowering."""
+    if not (x.ndim == 4 and kernel.ndim == 4 and dilation == 1
             and jnp.dtype(x.dtype) in DTYPES and x.dtype == kernel.dtype
             and groups >= 1 and x.shape[3] == kernel.shape[2] * groups
-            and kernel.shape[3] % groups == 0
-            and explicit_padding(x.shape, WINDOW, strides, padding)
-            == PADDING)
+            and kernel.shape[3] % groups == 0):
+        return False
+    window, strides = tuple(kernel.shape[:2]), tuple(strides)
+    return (window, strides, explicit_padding(x.shape, window, strides,
+                                              padding)) in CONFIGURATIONS
 
 
 def _output_shape(x_shape, kernel_shape, strides, padding):
