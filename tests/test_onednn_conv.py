@@ -8,6 +8,7 @@ compiler; its wheels exist for Linux x86-64 only, the one place these tests
 are skipped. The fallback tests run everywhere.
 """
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -138,6 +139,28 @@ def test_stem_matches_xla(kernel, n, h, w):
     _assert_close((y, dk), (y_ref, dk_ref), 1e-5)
 
 
+@pytest.mark.parametrize("h, stride", [(14, 1), (28, 2), (15, 2)])
+def test_pointwise_matches_xla(kernel, h, stride):
+    """1x1 convolutions from 14x14 output pixels up run the kernel in all
+    three directions, at strides 1 and 2 (an odd input at stride 2 keeps
+    its last row and column)."""
+    del kernel
+    kx, kk, kg = jax.random.split(jax.random.PRNGKey(2), 3)
+    x = jax.random.normal(kx, (2, h, h, 24))
+    k = jax.random.normal(kk, (1, 1, 24, 40)) / np.sqrt(24)
+    conv = functools.partial(rx.layers.grouped_conv, strides=(stride, stride),
+                             padding="VALID")
+    assert rx.layers.onednn.applies(x, k, (stride, stride), "VALID", 1) == (
+        -(-h // stride) >= 14)
+    got, hlo = _value_and_grads(lambda x, k: conv(x, k, impl="onednn"),
+                                x, k, kg)
+    assert len(KERNEL_CALL.findall(hlo)) == (3 if -(-h // stride) >= 14
+                                             else 0)
+    want, _ = _value_and_grads(lambda x, k: _reference(
+        x, k, (stride, stride), "VALID", 1), x, k, kg)
+    _assert_close(got, want, 1e-5)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_kernel_matches_feature_group_count(kernel, case):
     del kernel
@@ -251,7 +274,7 @@ def test_no_thread_besides_xla_s(kernel):
 
 @pytest.mark.parametrize("shape, strides, padding, dilation, dtype", [
     ((5, 5, 4, 32), (1, 1), "SAME", 1, jnp.float32),        # 5x5 window
-    ((1, 1, 4, 32), (1, 1), "SAME", 1, jnp.float32),        # 1x1
+    ((1, 1, 4, 32), (1, 1), "SAME", 1, jnp.float32),        # 1x1 on 8x8
     ((3, 3, 4, 32), (3, 3), ((1, 1), (1, 1)), 1, jnp.float32),  # stride 3
     ((3, 3, 4, 32), (2, 2), "SAME", 1, jnp.float32),        # pads (0, 1)
     ((3, 3, 4, 32), (1, 1), "VALID", 1, jnp.float32),       # no padding

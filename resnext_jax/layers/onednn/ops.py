@@ -44,13 +44,20 @@ _TARGETS = {FORWARD: "resnext_onednn_conv_fwd",
 _NAMES = {FORWARD: "convolution", INPUT_GRAD: "input gradient",
           KERNEL_GRAD: "kernel gradient"}
 # What the kernel is offered for, as (window, strides, padding): ResNeXt's
-# (and ResNet's) 3x3 convolutions, and the 7x7 stem. The C++ handles any
-# window, stride and padding; these are the ones the tests cover.
+# (and ResNet's) 3x3 convolutions, the 7x7 stem, and the 1x1s. The C++
+# handles any window, stride and padding; these are the ones the tests
+# cover.
 CONFIGURATIONS = (
     ((3, 3), (1, 1), ((1, 1), (1, 1))),
     ((3, 3), (2, 2), ((1, 1), (1, 1))),
     ((7, 7), (2, 2), ((3, 3), (3, 3))),
+    ((1, 1), (1, 1), ((0, 0), (0, 0))),
+    ((1, 1), (2, 2), ((0, 0), (0, 0))),
 )
+# A 1x1 convolution is oneDNN's from this many output pixels per image (a
+# ResNet's 14x14 stage) up; below, XLA's GEMM is as fast or faster
+# (docs/performance.md).
+POINTWISE_MIN_PIXELS = 14 * 14
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 _logged: set[str] = set()
@@ -79,15 +86,20 @@ def applies(x, kernel, strides: Sequence[int], padding, groups: int,
             dilation: int = 1) -> bool:
     """Whether the kernel is offered for this convolution (NHWC ``x``, HWIO
     ``kernel``): a 3x3 window at strides 1 or 2 with padding 1 on every
-    side, or the 7x7 stem (stride 2, padding 3); no dilation; float32 or
-    bfloat16 operands of one type. Anything else stays on the portable
-    lowering."""
+    side, the 7x7 stem (stride 2, padding 3), or a 1x1 window at strides 1
+    or 2 without padding and with at least `POINTWISE_MIN_PIXELS` output
+    pixels per image; no dilation; float32 or bfloat16 operands of one
+    type. Anything else stays on the portable lowering."""
     if not (x.ndim == 4 and kernel.ndim == 4 and dilation == 1
             and jnp.dtype(x.dtype) in DTYPES and x.dtype == kernel.dtype
             and groups >= 1 and x.shape[3] == kernel.shape[2] * groups
             and kernel.shape[3] % groups == 0):
         return False
     window, strides = tuple(kernel.shape[:2]), tuple(strides)
+    if window == (1, 1) and (
+            (-(-x.shape[1] // strides[0])) * (-(-x.shape[2] // strides[1]))
+            < POINTWISE_MIN_PIXELS):
+        return False
     return (window, strides, explicit_padding(x.shape, window, strides,
                                               padding)) in CONFIGURATIONS
 
