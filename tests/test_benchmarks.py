@@ -103,6 +103,21 @@ def test_bench_kernel_grad_smoke(tmp_path):
     assert [r["used"] for r in rows] == ["XLA", "patches"]
 
 
+def test_bench_pointwise_smoke(tmp_path):
+    from resnext_jax.layers import onednn  # pylint: disable=import-outside-toplevel
+    reason = onednn.unavailable_reason()
+    if reason:
+        pytest.skip(f"the oneDNN kernel is not available: {reason}")
+    out = tmp_path / "pointwise.json"
+    stdout = _run("bench_pointwise.py", "--smoke", "--json", str(out))
+    assert "XLA/oneDNN" in stdout
+    report = json.loads(out.read_text())
+    assert [r["stride"] for r in report["rows"]] == [1, 2]
+    assert all(r["xla_gemm_ms"] > 0 and r["onednn_ms"] > 0
+               for r in report["rows"])
+    assert report["pointwise_min_rows"] == onednn.POINTWISE_MIN_ROWS
+
+
 def test_profile_step_sums_the_traced_operations_by_kind(tmp_path):
     out, trace = tmp_path / "profile.json", tmp_path / "trace"
     stdout = _run("profile_step.py", "--model", "resnext29_8x64d",

@@ -139,23 +139,26 @@ def test_stem_matches_xla(kernel, n, h, w):
     _assert_close((y, dk), (y_ref, dk_ref), 1e-5)
 
 
-@pytest.mark.parametrize("h, stride", [(14, 1), (28, 2), (15, 2)])
+@pytest.mark.parametrize("h, stride", [(46, 1), (91, 2), (45, 1)])
 def test_pointwise_matches_xla(kernel, h, stride):
-    """1x1 convolutions from 14x14 output pixels up run the kernel in all
-    three directions, at strides 1 and 2 (an odd input at stride 2 keeps
-    its last row and column)."""
+    """1x1 convolutions with at least POINTWISE_MIN_ROWS output pixels over
+    the batch (2 x 46 x 46 = 4,232) run the kernel in all three
+    directions, at strides 1 and 2 (an odd input at stride 2 keeps its last
+    row and column); smaller ones (2 x 45 x 45) stay XLA's GEMM."""
     del kernel
     kx, kk, kg = jax.random.split(jax.random.PRNGKey(2), 3)
-    x = jax.random.normal(kx, (2, h, h, 24))
-    k = jax.random.normal(kk, (1, 1, 24, 40)) / np.sqrt(24)
+    x = jax.random.normal(kx, (2, h, h, 8))
+    k = jax.random.normal(kk, (1, 1, 8, 12)) / np.sqrt(8)
+    rows = 2 * (-(-h // stride)) ** 2
+    offered = rows >= rx.layers.onednn.POINTWISE_MIN_ROWS
+    assert offered == (h != 45)
+    assert rx.layers.onednn.applies(x, k, (stride, stride), "VALID",
+                                    1) == offered
     conv = functools.partial(rx.layers.grouped_conv, strides=(stride, stride),
                              padding="VALID")
-    assert rx.layers.onednn.applies(x, k, (stride, stride), "VALID", 1) == (
-        -(-h // stride) >= 14)
     got, hlo = _value_and_grads(lambda x, k: conv(x, k, impl="onednn"),
                                 x, k, kg)
-    assert len(KERNEL_CALL.findall(hlo)) == (3 if -(-h // stride) >= 14
-                                             else 0)
+    assert len(KERNEL_CALL.findall(hlo)) == (3 if offered else 0)
     want, _ = _value_and_grads(lambda x, k: _reference(
         x, k, (stride, stride), "VALID", 1), x, k, kg)
     _assert_close(got, want, 1e-5)

@@ -54,10 +54,10 @@ CONFIGURATIONS = (
     ((1, 1), (1, 1), ((0, 0), (0, 0))),
     ((1, 1), (2, 2), ((0, 0), (0, 0))),
 )
-# A 1x1 convolution is oneDNN's from this many output pixels per image (a
-# ResNet's 14x14 stage) up; below, XLA's GEMM is as fast or faster
-# (docs/performance.md).
-POINTWISE_MIN_PIXELS = 14 * 14
+# A 1x1 convolution is oneDNN's from this many output pixels over the
+# batch (the rows of its GEMM) up; below, XLA's GEMM was as fast or faster
+# (benchmarks/bench_pointwise.py, docs/performance.md).
+POINTWISE_MIN_ROWS = 4096
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 _logged: set[str] = set()
@@ -87,8 +87,8 @@ def applies(x, kernel, strides: Sequence[int], padding, groups: int,
     """Whether the kernel is offered for this convolution (NHWC ``x``, HWIO
     ``kernel``): a 3x3 window at strides 1 or 2 with padding 1 on every
     side, the 7x7 stem (stride 2, padding 3), or a 1x1 window at strides 1
-    or 2 without padding and with at least `POINTWISE_MIN_PIXELS` output
-    pixels per image; no dilation; float32 or bfloat16 operands of one
+    or 2 without padding and with at least `POINTWISE_MIN_ROWS` output
+    pixels over the batch; no dilation; float32 or bfloat16 operands of one
     type. Anything else stays on the portable lowering."""
     if not (x.ndim == 4 and kernel.ndim == 4 and dilation == 1
             and jnp.dtype(x.dtype) in DTYPES and x.dtype == kernel.dtype
@@ -96,9 +96,9 @@ def applies(x, kernel, strides: Sequence[int], padding, groups: int,
             and kernel.shape[3] % groups == 0):
         return False
     window, strides = tuple(kernel.shape[:2]), tuple(strides)
-    if window == (1, 1) and (
-            (-(-x.shape[1] // strides[0])) * (-(-x.shape[2] // strides[1]))
-            < POINTWISE_MIN_PIXELS):
+    if window == (1, 1) and (x.shape[0] * (-(-x.shape[1] // strides[0]))
+                             * (-(-x.shape[2] // strides[1]))
+                             < POINTWISE_MIN_ROWS):
         return False
     return (window, strides, explicit_padding(x.shape, window, strides,
                                               padding)) in CONFIGURATIONS
