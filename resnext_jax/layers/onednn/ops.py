@@ -96,12 +96,21 @@ def applies(x, kernel, strides: Sequence[int], padding, groups: int,
             and kernel.shape[3] % groups == 0):
         return False
     window, strides = tuple(kernel.shape[:2]), tuple(strides)
-    if window == (1, 1) and (x.shape[0] * (-(-x.shape[1] // strides[0]))
-                             * (-(-x.shape[2] // strides[1]))
-                             < POINTWISE_MIN_ROWS):
+    if window == (1, 1) and not _has_rows(x.shape, strides,
+                                          POINTWISE_MIN_ROWS):
         return False
     return (window, strides, explicit_padding(x.shape, window, strides,
                                               padding)) in CONFIGURATIONS
+
+
+def _has_rows(x_shape, strides, rows: int) -> bool:
+    """Whether a 1x1 convolution of NHWC ``x_shape`` has at least ``rows``
+    output pixels over the batch; False for a symbolic shape (an export
+    with a polymorphic batch), which never runs the kernel."""
+    n, h, w = x_shape[:3]
+    if not all(isinstance(d, int) for d in (n, h, w)):
+        return False
+    return n * -(-h // strides[0]) * -(-w // strides[1]) >= rows
 
 
 def _output_shape(x_shape, kernel_shape, strides, padding):
