@@ -414,11 +414,13 @@ def _max_and_first_argmax(x, window, stride, padding):
     """Each window's maximum, and the tap that holds it first (a NaN wins,
     as in PyTorch)."""
     taps = _pool_taps(x, window, stride, padding)
-    out, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+    # One byte per output is what the backward pass keeps.
+    index = jnp.int8 if len(taps) <= jnp.iinfo(jnp.int8).max else jnp.int32
+    out, argmax = taps[0], jnp.zeros(taps[0].shape, index)
     for t, tap in enumerate(taps[1:], start=1):
         wins = (tap > out) | jnp.isnan(tap)
         out = jnp.where(wins, tap, out)
-        argmax = jnp.where(wins, jnp.int8(t), argmax)
+        argmax = jnp.where(wins, index(t), argmax)
     return out, argmax
 
 
@@ -471,8 +473,8 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
     ``window**2`` strided slices, and its gradient goes to each window's
     first maximum through padded copies: XLA:CPU's reduce-window backward
     (select-and-scatter) is several times slower. The result and the
-    gradient are those of XLA's reduce-window and of PyTorch's
-    ``max_pool2d``, which the other lowerings use.
+    gradient are PyTorch's ``max_pool2d``'s (and, NaNs aside, those of
+    XLA's reduce-window, which the other lowerings use).
     """
     check_conv_impl(impl)
     native = functools.partial(_reduce_window_max_pool, window=window,
