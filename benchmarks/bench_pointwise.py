@@ -1,8 +1,8 @@
 """1x1 convolutions alone on CPU: XLA's GEMM against oneDNN's kernel.
 
-Times forward+backward (gradients of input and kernel) of the 1x1
-convolutions of ResNeXt-50 32x4d, one shape per stage and kind (reduce,
-expand, downsample), with the ``dense`` lowering (one GEMM over all
+Times forward+backward (gradients of input and kernel) of representative
+1x1 convolutions of ResNeXt-50 32x4d (each stage's reduce and expand, two
+downsamples), with the ``dense`` lowering (one GEMM over all
 pixels, XLA's) and with oneDNN's kernel called directly. This is the
 measurement behind ``resnext_jax.layers.onednn.POINTWISE_MIN_ROWS``.
 Prints a table and writes JSON.

@@ -216,7 +216,7 @@ def test_max_pool_matches_flax(shape, impl):
     ref = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     out = conv_lib.max_pool(x, 3, 2, 1, impl=impl)
     np.testing.assert_array_equal(out, ref)
-    # Without ties (random floats) the gradient is the same as well.
+    # Random floats have no ties; with ties, see the tests below.
     g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(
         x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))))(x)
     g = jax.grad(lambda x: jnp.sum(jnp.sin(conv_lib.max_pool(
@@ -272,3 +272,26 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum(impl):
         np.asarray(out), ref.detach().permute(0, 2, 3, 1).numpy())
     np.testing.assert_allclose(np.asarray(dx),
                                xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("window, stride, padding",
+                         [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2)])
+@pytest.mark.parametrize("impl", ["dense", "auto"])
+def test_max_pool_ties_match_reduce_window(window, stride, padding, impl):
+    """With ties, the sliced max-pool's value and gradient equal XLA's
+    reduce-window's (each window's gradient to its first maximum), for
+    other windows, strides and paddings too, and through ``auto``."""
+    import flax.linen as nn
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.integers(0, 3, (2, 11, 10, 3)).astype(np.float32))
+    pads = ((padding, padding), (padding, padding))
+
+    def ref(x):
+        return nn.max_pool(x, (window, window), strides=(stride, stride),
+                           padding=pads)
+    out_ref, pull_ref = jax.vjp(ref, x)
+    out, pull = jax.vjp(lambda x: conv_lib.max_pool(
+        x, window, stride, padding, impl=impl), x)
+    np.testing.assert_array_equal(out, out_ref)
+    dy = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))
+    np.testing.assert_allclose(pull(dy)[0], pull_ref(dy)[0], atol=1e-6)

@@ -343,3 +343,30 @@ def test_grain_reads_tfds_data_sets(tmp_path, name, eval_split):
         np.testing.assert_array_equal(
             next(source.train_batches(4))["image"], batch["image"])
         assert sum(b["mask"].sum() for b in source.eval_batches()) == 12
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_normalization_gives_the_formula_s_bits(engine):
+    """The pipelines normalize against mean and std spread to the image's
+    shape, for speed; the values are those of the broadcast formula, bit for
+    bit (tf.data: ``(x / 255 - mean) / std``; Grain's train crop:
+    ``x * scale + offset``)."""
+    mean = np.float32([0.485, 0.456, 0.406])
+    std = np.float32([0.229, 0.224, 0.225])
+    rng = np.random.default_rng(0)
+    for shape in [(7, 5, 3), (224, 224, 3), (7, 5, 3)]:
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        if engine == "tf":
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            from train.data import tf_pipelines  # pylint: disable=import-outside-toplevel
+            got = tf_pipelines._normalize(tf.constant(pixels), tuple(mean),
+                                          tuple(std)).numpy()
+            want = (pixels.astype(np.float32) / np.float32(255) - mean) / std
+        else:
+            from train.data.grain_pipelines import Normalize  # pylint: disable=import-outside-toplevel
+            normalize = Normalize(mean, std)
+            got = normalize(pixels)
+            want = pixels.astype(np.float32) * normalize.scale \
+                + normalize.offset
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)

@@ -137,6 +137,14 @@ def test_stem_matches_xla(kernel, n, h, w):
         x, k, (2, 2), padding, 1))(k)
     assert len(KERNEL_CALL.findall(ours.lower(k).compile().as_text())) == 2
     _assert_close((y, dk), (y_ref, dk_ref), 1e-5)
+    # With respect to the image as well (a saliency map): the kernel's
+    # input gradient.
+    got, hlo = _value_and_grads(lambda x, k: rx.layers.grouped_conv(
+        x, k, strides=(2, 2), padding=padding, impl="onednn"), x, k, kg)
+    assert len(KERNEL_CALL.findall(hlo)) == 3
+    want, _ = _value_and_grads(lambda x, k: _reference(
+        x, k, (2, 2), padding, 1), x, k, kg)
+    _assert_close(got, want, 1e-5)
 
 
 @pytest.mark.parametrize("h, stride", [(46, 1), (91, 2), (45, 1)])

@@ -200,3 +200,19 @@ def test_preprocessing_matches_torchvision(size):
 def test_resize_smaller_than_crop_is_rejected():
     with pytest.raises(ValueError, match="resize_size"):
         serving.resize_and_crop(Image.new("RGB", (10, 10)), 16, 32)
+
+
+def test_serving_normalize_gives_the_formula_s_bits():
+    """``serving.normalize`` spreads mean and std to the image's shape (and
+    caches them per shape), for the broadcast formula's values bit for bit,
+    on HWC and NHWC pixels."""
+    from resnext_jax.inference import serving
+    mean = np.float32(serving.IMAGENET_MEAN)
+    std = np.float32(serving.IMAGENET_STD)
+    rng = np.random.default_rng(0)
+    for shape in [(9, 7, 3), (2, 9, 7, 3), (4, 4, 3), (9, 7, 3)]:
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        want = (np.asarray(pixels, np.float32) / 255.0 - mean) / std
+        got = serving.normalize(pixels)
+        assert got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_array_equal(got, want)

@@ -143,9 +143,13 @@ def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN,
 
 @functools.lru_cache(maxsize=8)
 def _per_pixel(shape, mean, std):
-    """``mean`` and ``std`` as float32 arrays of an HWC ``shape``."""
-    return tuple(np.ascontiguousarray(np.broadcast_to(
+    """``mean`` and ``std`` as read-only float32 arrays of an HWC
+    ``shape``."""
+    arrays = tuple(np.ascontiguousarray(np.broadcast_to(
         np.asarray(v, np.float32), shape)) for v in (mean, std))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
 
 
 def load_image(path, resize_size: int = RESIZE_SIZE,

@@ -19,8 +19,10 @@ Lowerings (see `CONV_IMPLS`); every one computes the same function:
   kernel gradient is slow (strided, or 64+ or at most 4 input channels per
   convolution), it is one batched GEMM over image patches instead.
 * ``"onednn"``: ``dense``, except that the 3x3 convolutions with padding 1
-  and strides 1 or 2 (every grouped convolution of a ResNeXt) are one native
-  oneDNN call each, forward and backward (`resnext_jax.layers.onednn`; the
+  and strides 1 or 2 (every grouped convolution of a ResNeXt), the 7x7
+  stem and the 1x1s of at least ``POINTWISE_MIN_ROWS`` output pixels
+  (`resnext_jax.layers.onednn.applies`) are one native oneDNN call each,
+  forward and backward (`resnext_jax.layers.onednn`; the
   ``resnext_jax[onednn]`` extra). Where the kernel cannot be had, and in
   ``jax.export``, those are ``dense``'s too (on other platforms, XLA's).
 * ``"auto"``: one traced program that holds each platform's lowering
@@ -411,10 +413,11 @@ def _pool_taps(x, window, stride, padding):
 
 
 def _max_and_first_argmax(x, window, stride, padding):
-    """Each window's maximum, and the tap that holds it first (a NaN wins,
-    as in PyTorch)."""
+    """Each window's maximum, and the tap that holds it first; a NaN wins
+    (the last NaN of a window, as in PyTorch's CPU kernel)."""
     taps = _pool_taps(x, window, stride, padding)
-    # One byte per output is what the backward pass keeps.
+    # The tap index in one byte per output: what the backward pass keeps
+    # where it does not recompute the forward.
     index = jnp.int8 if len(taps) <= jnp.iinfo(jnp.int8).max else jnp.int32
     out, argmax = taps[0], jnp.zeros(taps[0].shape, index)
     for t, tap in enumerate(taps[1:], start=1):
@@ -474,7 +477,8 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
     first maximum through padded copies: XLA:CPU's reduce-window backward
     (select-and-scatter) is several times slower. The result and the
     gradient are PyTorch's ``max_pool2d``'s (and, NaNs aside, those of
-    XLA's reduce-window, which the other lowerings use).
+    XLA's reduce-window, which the other lowerings use). Like the oneDNN
+    kernel, this gradient is reverse mode only (``jax.grad``, ``jax.vjp``).
     """
     check_conv_impl(impl)
     native = functools.partial(_reduce_window_max_pool, window=window,

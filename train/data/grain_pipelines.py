@@ -117,24 +117,28 @@ def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 
 class Normalize:
-    """uint8 HWC -> float32 ``(x / 255 - mean) / std``."""
+    """uint8 HWC -> float32 ``x * (1 / (255 std)) - mean / std``: the train
+    crop's normalization (the eval spec has its own, `spec_input`)."""
 
     def __init__(self, mean, std):
         std = np.asarray(std, np.float32)
         self.scale = (1.0 / (255.0 * std)).astype(np.float32)
         self.offset = (-np.asarray(mean, np.float32) / std).astype(np.float32)
-        self._shape, self._full = None, None
+        # (shape, scale, offset) spread to the last image's shape.
+        self._full = (None, None, None)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         out = pixels.astype(np.float32)
         # Against arrays of the image's own shape: numpy broadcasts a
         # 3-vector over the channel axis about 4x slower.
-        if self._shape != out.shape:
-            self._shape = out.shape
-            self._full = [np.ascontiguousarray(np.broadcast_to(v, out.shape))
-                          for v in (self.scale, self.offset)]
-        out *= self._full[0]
-        out += self._full[1]
+        shape, scale, offset = self._full
+        if shape != out.shape:
+            shape = out.shape
+            scale, offset = (np.ascontiguousarray(np.broadcast_to(v, shape))
+                             for v in (self.scale, self.offset))
+            self._full = (shape, scale, offset)  # One assignment.
+        out *= scale
+        out += offset
         return out
 
 
