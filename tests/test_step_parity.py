@@ -60,13 +60,15 @@ LR_TOL = 1e-6
 TOLERANCES = dict(loss=LOSS_TOL, lr=LR_TOL, params=PARAM_TOL,
                   update=STATE_TOL, update_l2=STATE_TOL, bn_stats=STATE_TOL,
                   opt_state=STATE_TOL, ema=STATE_TOL)
-# Parts whose fields a later part also exercises (each compiles a train
-# step, so the suite runs the later one only; the benchmark runs all): the
-# BatchNorm/bias exclusion through the same decay mask in j (SGD's
-# add_decayed_weights), label smoothing in h, warmup + cosine in i, plain
-# momentum in h.
+# Parts whose fields another test also exercises (each part compiles a
+# train step, so the suite runs the other one only; the benchmark runs
+# all): the BatchNorm/bias exclusion through the same decay mask in j
+# (SGD's add_decayed_weights), label smoothing in h, warmup + cosine in i,
+# plain momentum in h, and d's step schedule (its only field) against
+# PyTorch's schedulers by value, without a train step.
 COVERED = {"b_no_decay_bn_bias": "j_lamb",
            "c_label_smoothing": "h_ema_mixup",
+           "d_step_schedule": "test_schedule_matches_pytorch_s_by_value",
            "e_warmup_cosine": "i_ema_warmup_cutmix",
            "f_momentum_no_nesterov": "h_ema_mixup"}
 TESTED_PARTS = [p for p in step_parity.PARTS if p not in COVERED]
@@ -128,13 +130,40 @@ def test_float32_forward_matches_pytorch_step_by_step(shared):
     assert not _too_far(row, forward), row["worst"]
 
 
+def _schedules(part):
+    """(ours, PyTorch's) learning rates of ``part``'s run, step by step,
+    from the schedules alone: ours from the trainer's config, PyTorch's from
+    the reference's schedulers stepped once per step."""
+    torch = pytest.importorskip("torch")
+    config = step_parity.recipe_config(**step_parity.PARTS[part])
+    steps = step_parity.NUM_STEPS
+    schedule = optim.create_learning_rate_schedule(
+        config, step_parity.STEPS_PER_EPOCH, steps)
+    recipe = step_parity.TorchRecipe.from_config(config)
+    weight = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([weight], lr=recipe.lr)
+    scheduler = step_parity.torch_scheduler(opt, recipe, steps)
+    theirs = []
+    for _ in range(steps):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return [float(schedule(step)) for step in range(steps)], theirs
+
+
+@pytest.mark.parametrize("part", ["d_step_schedule", "e_warmup_cosine"])
+def test_schedule_matches_pytorch_s_by_value(part):
+    ours, theirs = _schedules(part)
+    np.testing.assert_allclose(ours, theirs, rtol=LR_TOL, atol=1e-12)
+
+
 @pytest.mark.slow
 def test_schedules_have_the_intended_values(float64_part):
     """PyTorch's learning rates, which ours match above, are the intended
     ones: warmup from 0, drops at their steps counted from step 0, the
     cosine towards 0 after warmup."""
     peak = 0.1 * 8 / 256  # 0.1 per 256 images, batch 8
-    step_lrs = float64_part("d_step_schedule")[0]["lrs_torch"]
+    step_lrs = _schedules("d_step_schedule")[1]
     np.testing.assert_allclose(
         step_lrs, [0, peak, peak / 10, peak / 10, peak / 100, peak / 100],
         rtol=1e-12, atol=1e-15)
