@@ -8,6 +8,7 @@ installed, and ``train``/``configs`` are not importable.
 import importlib.metadata
 import importlib.util
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,12 @@ for dist in ("onednn-cpu-gomp", "onednn-devel-cpu-gomp", "onednn"):
         continue
     raise AssertionError(f"installed without extras: {dist}")
 assert "not installed" in rx.layers.onednn.unavailable_reason()
+# The eval spec's native resize needs no extra: its source ships with the
+# package and is built with the system's compiler.
+if any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+    from resnext_jax.inference import resample
+    assert resample.unavailable_reason() is None, \
+        resample.unavailable_reason()
 
 bin_dir = pathlib.Path(sys.executable).parent
 with tempfile.TemporaryDirectory() as tmp:

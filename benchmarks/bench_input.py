@@ -242,9 +242,14 @@ def system_info() -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
+    from resnext_jax.inference import resample  # pylint: disable=import-outside-toplevel
+    why_not = resample.unavailable_reason()
     return dict(cpu=cpu, logical_cpus=os.cpu_count(),
                 affinity=len(os.sched_getaffinity(0)),
-                python=platform.python_version(), versions=versions)
+                python=platform.python_version(), versions=versions,
+                # The eval spec's resize: native (resample.cc) or Pillow.
+                eval_resize="native" if why_not is None
+                else f"Pillow ({why_not})")
 
 
 def default_engine() -> str | None:

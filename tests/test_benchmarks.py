@@ -175,6 +175,8 @@ def test_bench_input_smoke_measures_every_engine(tmp_path):
     assert data["cores_to_feed_step"]["torchvision"] >= 1
     assert data["data"]["images"] == 24
     assert len(list((tmp_path / "jpegs" / "train").rglob("*.jpg"))) == 24
+    assert data["system"]["eval_resize"] == "native" or data["system"][
+        "eval_resize"].startswith("Pillow (")
 
 
 def test_bench_input_summary_and_table():

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from resnext_jax.inference import serving
+from resnext_jax.inference import resample, serving
 
 IMAGENET_MEAN = serving.IMAGENET_MEAN
 IMAGENET_STD = serving.IMAGENET_STD
@@ -123,8 +123,7 @@ class Preprocessing:
 
     def pixels(self, image) -> np.ndarray:
         """A PIL image -> uint8 ``(crop, crop, 3)`` (resized, cropped)."""
-        return serving.resize_and_crop(image, self.resize_size,
-                                       self.crop_size, self.interpolation)
+        return self._apply(image, normalized=False)
 
     def normalize(self, pixels) -> np.ndarray:
         """uint8 pixels -> float32 in [0, 1], normalized by mean/std."""
@@ -132,12 +131,33 @@ class Preprocessing:
 
     def __call__(self, image) -> np.ndarray:
         """A PIL image -> the model's float32 ``(crop, crop, 3)`` input."""
-        return self.normalize(self.pixels(image))
+        return self._apply(image, normalized=True)
+
+    def _apply(self, image, normalized: bool) -> np.ndarray:
+        # The native resize gives the same values as `serving`'s Pillow
+        # code (it is checked against Pillow before its first use), in one
+        # call; `serving` does what it does not: no resize, nearest, and
+        # images too long to resize whole.
+        native = (resample.resizer() if self.interpolation in
+                  resample.FILTERS else None)
+        if native is not None:
+            image = serving.to_rgb(serving.upright(image))
+            size, crop = serving.center_crop_box(image.size, self.resize_size,
+                                                 self.crop_size)
+            if size != image.size and (size[0] * size[1]
+                                       <= serving.MAX_RESIZED_PIXELS):
+                stats = (self.mean, self.std) if normalized else (None, None)
+                return native(image, size, crop, self.interpolation, *stats)
+        pixels = serving.resize_and_crop(image, self.resize_size,
+                                         self.crop_size, self.interpolation)
+        return self.normalize(pixels) if normalized else pixels
 
     def load_image(self, path: str | os.PathLike) -> np.ndarray:
         """An image file (or binary file object) -> float32 input."""
-        return serving.load_image(path, self.resize_size, self.crop_size,
-                                  self.mean, self.std, self.interpolation)
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+
+        with Image.open(path) as image:
+            return self(image)
 
     def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """Image files -> a float32 batch ``(N, crop, crop, 3)``."""

@@ -71,7 +71,27 @@ def to_rgb(image):
     elif image.mode == "F":
         pixels = np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255)
         image = Image.fromarray(pixels.astype(np.uint8), "L")
+    if image.mode == "RGB":
+        return image  # convert("RGB") would copy it.
     return image.convert("RGB")
+
+
+def center_crop_box(image_size: tuple[int, int], resize_size: int,
+                    crop_size: int) -> tuple[tuple[int, int],
+                                             tuple[int, int, int, int]]:
+    """For an image of ``(width, height)``: the size Resize(resize_size)
+    gives it, and the box ``(left, top, right, bottom)`` of the center crop
+    in that resized image."""
+    width, height = image_size
+    # torchvision: the shorter side becomes resize_size, the longer side
+    # int(resize_size * long / short) (truncated, not rounded).
+    if width <= height:
+        size = (resize_size, int(resize_size * height / width))
+    else:
+        size = (int(resize_size * width / height), resize_size)
+    top = int(round((size[1] - crop_size) / 2.0))
+    left = int(round((size[0] - crop_size) / 2.0))
+    return size, (left, top, left + crop_size, top + crop_size)
 
 
 def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
@@ -89,15 +109,7 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
                          f"{INTERPOLATIONS}.")
     image = to_rgb(upright(image))
     width, height = image.size
-    # torchvision: the shorter side becomes resize_size, the longer side
-    # int(resize_size * long / short) (truncated, not rounded).
-    if width <= height:
-        size = (resize_size, int(resize_size * height / width))
-    else:
-        size = (int(resize_size * width / height), resize_size)
-    top = int(round((size[1] - crop_size) / 2.0))
-    left = int(round((size[0] - crop_size) / 2.0))
-    crop = (left, top, left + crop_size, top + crop_size)
+    size, crop = center_crop_box(image.size, resize_size, crop_size)
     if size != (width, height):
         resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
                     "bicubic": Image.BICUBIC}[interpolation]

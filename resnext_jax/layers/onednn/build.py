@@ -5,8 +5,9 @@ system's C++ compiler against the oneDNN that the ``resnext_jax[onednn]``
 extra installs (the ``onednn-cpu-gomp`` and ``onednn-devel-cpu-gomp``
 wheels: the library and its headers) and against jax's own XLA FFI headers.
 The shared library goes into the user's cache, named by a hash of everything
-that went into it (source, compiler, oneDNN, jax), so an upgrade of any of
-them builds a new one and a second process builds nothing.
+that went into it (source, compiler, oneDNN, jax; see `resnext_jax._native`),
+so an upgrade of any of them builds a new one and a second process builds
+nothing.
 
 Why not a prebuilt binary in the wheel: the kernel has to match the
 installed jaxlib's FFI headers and the installed oneDNN, and ``pip install
@@ -29,19 +30,15 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import hashlib
 import importlib.metadata
 import os
 import pathlib
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 
 import jax
 
-from resnext_jax._files import cache_path
+from resnext_jax import _native
 
 SOURCE = pathlib.Path(__file__).with_name("grouped_conv.cc")
 # The wheels the extra installs: the shared library, and the headers.
@@ -54,14 +51,13 @@ ROOT_ENV = "RESNEXT_JAX_ONEDNN_ROOT"
 # "off" never builds nor loads the kernel (the portable lowering runs).
 SWITCH_ENV = "RESNEXT_JAX_ONEDNN"
 # Where built kernels are kept (default: ~/.cache/resnext_jax/kernels).
-CACHE_ENV = "RESNEXT_JAX_KERNEL_DIR"
+CACHE_ENV = _native.CACHE_ENV
 # The FFI targets: XLA's name for each, and the symbol in the library.
 TARGETS = {
     "resnext_onednn_conv_fwd": "ResnextOnednnConvFwd",
     "resnext_onednn_conv_bwd_data": "ResnextOnednnConvBwdData",
     "resnext_onednn_conv_bwd_weights": "ResnextOnednnConvBwdWeights",
 }
-_COMPILE_TIMEOUT_S = 300
 
 
 class KernelUnavailable(RuntimeError):
@@ -122,33 +118,19 @@ def find_onednn() -> OneDnn:
 
 
 def find_compiler() -> str:
-    """``$CXX``, else the system's ``c++`` or ``g++``."""
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate:
-            path = shutil.which(candidate)
-            if path:
-                return path
-    raise KernelUnavailable("no C++ compiler found (set CXX, or install "
-                            "g++) to build the oneDNN kernel")
+    """``$CXX``, else the system's ``c++``, ``g++`` or ``clang++``."""
+    try:
+        return _native.find_compiler("the oneDNN kernel")
+    except _native.BuildError as err:
+        raise KernelUnavailable(str(err)) from None
 
 
 def kernel_cache_dir() -> pathlib.Path:
-    """``$RESNEXT_JAX_KERNEL_DIR``, else ``$XDG_CACHE_HOME/resnext_jax/
-    kernels`` (``~/.cache/resnext_jax/kernels``)."""
-    return cache_path(CACHE_ENV, "kernels")
+    """Where built kernels are kept (see `resnext_jax._native.cache_dir`)."""
+    return _native.cache_dir()
 
 
-def _compiler_identity(compiler: str) -> str:
-    try:
-        out = subprocess.run([compiler, "--version"], capture_output=True,
-                             text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise KernelUnavailable(
-            f"the C++ compiler {compiler!r} does not run: {err}") from None
-    return out.stdout.splitlines()[0] if out.stdout else compiler
-
-
-def _command(compiler: str, onednn: OneDnn, output: str) -> list[str]:
+def _command(onednn: OneDnn, compiler: str, output: str) -> list[str]:
     return [
         compiler, "-O2", "-std=c++17", "-shared", "-fPIC",
         f"-I{jax.ffi.include_dir()}", f"-I{onednn.include_dir}",
@@ -163,53 +145,13 @@ def _command(compiler: str, onednn: OneDnn, output: str) -> list[str]:
 def build() -> pathlib.Path:
     """The kernel's shared library, compiled now unless the cache has it."""
     onednn = find_onednn()
-    compiler = find_compiler()
-    digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _compiler_identity(compiler).encode(),
-                 str(onednn).encode(), jax.__version__.encode(),
-                 " ".join(_command(compiler, onednn, "out")).encode()):
-        digest.update(part)
-        digest.update(b"\0")
-    cache = kernel_cache_dir()
-    target = cache / f"resnext_onednn_conv-{digest.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise KernelUnavailable(
-            f"cannot create the kernel cache {str(cache)!r}: {err}") from None
-    import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
-    # One build at a time (test workers, several processes starting at
-    # once); the others find the library when they get the lock.
-    with open(cache / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
-        os.close(fd)
-        try:
-            result = subprocess.run(_command(compiler, onednn, tmp),
-                                    capture_output=True, text=True,
-                                    timeout=_COMPILE_TIMEOUT_S)
-            if result.returncode != 0:
-                errors = [line for line in result.stderr.splitlines()
-                          if "error" in line] or result.stderr.splitlines()
-                raise KernelUnavailable(
-                    "compiling the oneDNN kernel failed: "
-                    + " | ".join(errors[:3])[:600])
-            os.replace(tmp, target)
-        except subprocess.TimeoutExpired:
-            raise KernelUnavailable(
-                f"compiling the oneDNN kernel took over "
-                f"{_COMPILE_TIMEOUT_S} s") from None
-        except OSError as err:
-            raise KernelUnavailable(
-                f"compiling the oneDNN kernel failed: {err}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return target
+        return _native.build("resnext_onednn_conv", SOURCE,
+                             functools.partial(_command, onednn),
+                             "the oneDNN kernel",
+                             identity=(onednn, jax.__version__))
+    except _native.BuildError as err:
+        raise KernelUnavailable(str(err)) from None
 
 
 class Kernel:
