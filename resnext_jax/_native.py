@@ -56,6 +56,22 @@ def _compiler_identity(compiler: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else compiler
 
 
+def _compile(command: list[str], what: str) -> None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True,
+                                timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"compiling {what} took over {COMPILE_TIMEOUT_S} "
+                         "s") from None
+    except OSError as err:
+        raise BuildError(f"compiling {what} failed: {err}") from None
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines()
+                  if "error" in line] or result.stderr.splitlines()
+        raise BuildError(f"compiling {what} failed: "
+                         + " | ".join(errors[:3])[:600])
+
+
 def build(name: str, source: pathlib.Path,
           command: Callable[[str, str], list[str]], what: str,
           identity: Iterable[str] = ()) -> pathlib.Path:
@@ -82,31 +98,26 @@ def build(name: str, source: pathlib.Path,
     except OSError as err:
         raise BuildError(
             f"cannot create the kernel cache {str(cache)!r}: {err}") from None
-    import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
-    # One build at a time (test workers, several processes starting at
-    # once); the others find the library when they get the lock.
-    with open(cache / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
-        os.close(fd)
-        try:
-            result = subprocess.run(command(compiler, tmp),
-                                    capture_output=True, text=True,
-                                    timeout=COMPILE_TIMEOUT_S)
-            if result.returncode != 0:
-                errors = [line for line in result.stderr.splitlines()
-                          if "error" in line] or result.stderr.splitlines()
-                raise BuildError(f"compiling {what} failed: "
-                                 + " | ".join(errors[:3])[:600])
-            os.replace(tmp, target)
-        except subprocess.TimeoutExpired:
-            raise BuildError(f"compiling {what} took over "
-                             f"{COMPILE_TIMEOUT_S} s") from None
-        except OSError as err:
-            raise BuildError(f"compiling {what} failed: {err}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    try:
+        import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+    except ImportError:
+        raise BuildError(f"building {what} needs a POSIX system") from None
+    try:
+        # One build at a time (test workers, several processes starting at
+        # once); the others find the library when they get the lock.
+        with open(cache / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if target.exists():
+                return target
+            fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
+            os.close(fd)
+            try:
+                _compile(command(compiler, tmp), what)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    except OSError as err:
+        raise BuildError(f"building {what} in {str(cache)!r} failed: "
+                         f"{err}") from None
     return target

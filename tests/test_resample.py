@@ -4,6 +4,7 @@ back to Pillow where it cannot be had."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import logging
 
@@ -50,26 +51,55 @@ def _random_case(rng):
             str(rng.choice(list(PIL_FILTERS))))
 
 
-@pytest.mark.parametrize("lend", ["arrow", "copy"])
-def test_random_resizes_equal_pillow_bit_for_bit(resizer, lend, monkeypatch):
-    if lend == "copy":
-        # Pillow's pixels copied into numpy (RGB, 3 bytes a pixel), as
-        # where Pillow cannot lend its RGBX memory.
-        monkeypatch.setattr(resample._Arrow, "pixels",
-                            classmethod(lambda cls, image: None))
+@pytest.mark.parametrize("copy", [False, True], ids=["lent", "copied"])
+def test_random_resizes_equal_pillow_bit_for_bit(resizer, copy):
+    # "lent": Pillow's own RGBX memory; "copied": its pixels copied into
+    # numpy (RGB, 3 bytes a pixel), as for an image in several blocks.
     rng = np.random.default_rng(7)
     for _ in range(150):
         image, size, crop, interpolation = _random_case(rng)
         want = np.asarray(
             image.resize(size, PIL_FILTERS[interpolation]).crop(crop))
-        got = resizer(image, size, crop, interpolation)
+        got = resizer(image, size, crop, interpolation, copy=copy)
         assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, want, err_msg=str(
             (image.size, size, crop, interpolation)))
         mean, std = (0.5, 0.25, 0.125), (0.2, 0.3, 0.7)
-        normalized = resizer(image, size, crop, interpolation, mean, std)
+        normalized = resizer(image, size, crop, interpolation, mean, std,
+                             copy=copy)
         np.testing.assert_array_equal(
             normalized, serving.normalize(want, mean, std))
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["lent", "copied"])
+@pytest.mark.parametrize("case", [
+    # A tall photo shrunk more in height: Pillow 13's vertical pass first.
+    ((900, 2400), (256, 682), (16, 229, 240, 453), "bicubic"),
+    # A large reduction the other way, and an upscale.
+    ((2400, 900), (682, 256), (229, 16, 453, 240), "bilinear"),
+    ((150, 110), (349, 256), (62, 16, 286, 240), "bicubic"),
+])
+def test_large_ratios_equal_pillow(resizer, case, copy):
+    (width, height), size, crop, interpolation = case
+    image = Image.fromarray(np.random.default_rng(width).integers(
+        0, 256, (height, width, 3), dtype=np.uint8))
+    want = np.asarray(image.resize(size, PIL_FILTERS[interpolation])
+                      .crop(crop))
+    np.testing.assert_array_equal(
+        resizer(image, size, crop, interpolation, copy=copy), want)
+
+
+def test_threads_resize_at_once(resizer):
+    # Each thread keeps its own scratch buffers; the calls release the GIL.
+    rng = np.random.default_rng(11)
+    cases = [_random_case(rng) for _ in range(48)]
+    wants = [np.asarray(image.resize(size, PIL_FILTERS[interp]).crop(crop))
+             for image, size, crop, interp in cases]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            gots = list(pool.map(lambda case: resizer(*case), cases))
+            for got, want in zip(gots, wants):
+                np.testing.assert_array_equal(got, want)
 
 
 def test_the_pass_order_found_is_this_pillows(resizer):
@@ -170,6 +200,30 @@ def test_disagreeing_with_pillow_uses_pillow(resizer, fresh_state,
     monkeypatch.setattr(resample, "ORDERS", (0,) if resizer.order else (1,))
     assert resample.resizer() is None
     assert "disagrees with Pillow" in resample.unavailable_reason()
+    got, want = _spec_values()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_an_unwritable_cache_uses_pillow(fresh_state, tmp_path,
+                                         monkeypatch):
+    cache = tmp_path / "kernels"
+    cache.mkdir()
+    (cache / ".build.lock").mkdir()  # Cannot be opened as the lock file.
+    monkeypatch.setenv(_native.CACHE_ENV, str(cache))
+    assert resample.resizer() is None
+    assert "failed" in resample.unavailable_reason()
+    got, want = _spec_values()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_any_error_while_loading_uses_pillow(fresh_state, monkeypatch):
+    def broken():
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(resample, "_load", broken)
+    assert resample.resizer() is None
+    assert resample.unavailable_reason() == (
+        "RuntimeError: something unforeseen")
     got, want = _spec_values()
     np.testing.assert_array_equal(got, want)
 

@@ -140,16 +140,16 @@ class Preprocessing:
         # images too long to resize whole.
         native = (resample.resizer() if self.interpolation in
                   resample.FILTERS else None)
-        if native is not None:
-            image = serving.to_rgb(serving.upright(image))
-            size, crop = serving.center_crop_box(image.size, self.resize_size,
-                                                 self.crop_size)
-            if size != image.size and (size[0] * size[1]
-                                       <= serving.MAX_RESIZED_PIXELS):
-                stats = (self.mean, self.std) if normalized else (None, None)
-                return native(image, size, crop, self.interpolation, *stats)
-        pixels = serving.resize_and_crop(image, self.resize_size,
-                                         self.crop_size, self.interpolation)
+        image = serving.to_rgb(serving.upright(image))
+        size, crop = serving.center_crop_box(image.size, self.resize_size,
+                                             self.crop_size)
+        if native is not None and size != image.size and (
+                size[0] * size[1] <= serving.MAX_RESIZED_PIXELS):
+            stats = (self.mean, self.std) if normalized else (None, None)
+            return native(image, size, crop, self.interpolation, *stats)
+        pixels = serving.resize_and_crop_rgb(image, self.resize_size,
+                                             self.crop_size,
+                                             self.interpolation)
         return self.normalize(pixels) if normalized else pixels
 
     def load_image(self, path: str | os.PathLike) -> np.ndarray:

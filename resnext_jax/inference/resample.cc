@@ -14,7 +14,8 @@
 // only on its own taps.
 //
 // Build: with -ffp-contract=off, so that the weights' double arithmetic is
-// not fused into FMAs (Pillow's wheels are built without FMA).
+// not fused into FMAs, as in Pillow's x86-64 wheels (built for baseline
+// x86-64, which has no FMA); the library uses this file on x86-64 only.
 
 #include <algorithm>
 #include <cmath>
@@ -371,14 +372,19 @@ int ResizeCrop(const uint8_t* in, int64_t in_h, int64_t in_w,
 extern "C" {
 
 // ResizeCrop, for ctypes; the call's large scratch buffers are freed after.
+// Returns -2 where memory ran out (no C++ exception crosses into Python).
 int resnext_resize_crop(const uint8_t* in, int64_t in_h, int64_t in_w,
                         int64_t in_stride, int in_bpp, int64_t out_h,
                         int64_t out_w, int64_t top, int64_t left,
                         int64_t crop_h, int64_t crop_w, int filter, int order,
                         const float* mean_std, void* out) {
-  const int status = ResizeCrop(in, in_h, in_w, in_stride, in_bpp, out_h,
-                                out_w, top, left, crop_h, crop_w, filter,
-                                order, mean_std, out);
+  int status;
+  try {
+    status = ResizeCrop(in, in_h, in_w, in_stride, in_bpp, out_h, out_w, top,
+                        left, crop_h, crop_w, filter, order, mean_std, out);
+  } catch (...) {  // std::bad_alloc, std::length_error
+    status = -2;
+  }
   TrimScratch();
   return status;
 }

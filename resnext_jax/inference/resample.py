@@ -6,9 +6,9 @@ equal to Pillow's bit for bit.
 fixed-point arithmetic and pass order, and normalizes them in the same call
 (see `serving.normalize`). It is built on first use with the system's C++
 compiler (`resnext_jax._native`) and, before its first use, compared with
-the installed Pillow on probe images. Where it cannot be built, or where it
-disagrees with this Pillow, `resizer` returns ``None`` and the library uses
-Pillow (one log line says why). ``RESNEXT_JAX_NATIVE_RESIZE=off`` always
+the installed Pillow on probe images. Where it cannot be built, where it
+disagrees with this Pillow, or off x86-64, `resizer` returns ``None`` and
+the library uses Pillow (one log line says why). ``RESNEXT_JAX_NATIVE_RESIZE=off`` always
 uses Pillow.
 
 The call releases the GIL (ctypes does), so the threads of an input
@@ -21,6 +21,7 @@ import ctypes
 import logging
 import os
 import pathlib
+import platform
 import threading
 from typing import Sequence
 
@@ -120,15 +121,20 @@ class Resizer:
     def __call__(self, image, size: tuple[int, int],
                  crop: tuple[int, int, int, int], interpolation: str,
                  mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> np.ndarray:
+                 std: Sequence[float] | None = None, *,
+                 copy: bool = False) -> np.ndarray:
         """The RGB PIL ``image`` resized to ``size`` as Pillow's
         ``image.resize(size, interpolation)``, cropped to ``crop`` (left,
         top, right, bottom): uint8 ``(h, w, 3)``, or with ``mean`` and
-        ``std``, float32 as `serving.normalize` of those pixels."""
+        ``std``, float32 as `serving.normalize` of those pixels.
+
+        The pixels are read where Pillow keeps them when it can lend them
+        (one memory block: images up to 16 MiB by default), else from a
+        copy; ``copy=True`` always copies."""
         if image.mode != "RGB":
             raise ValueError(f"image mode (={image.mode!r}) must be 'RGB'.")
         image.load()
-        lent = _Arrow.pixels(image)
+        lent = None if copy else _Arrow.pixels(image)
         if lent is not None:
             address, keepalive = lent
             bpp = 4
@@ -149,10 +155,13 @@ class Resizer:
             None if mean_std is None else mean_std.ctypes.data,
             out.ctypes.data)
         del keepalive
+        if status == -2:
+            raise MemoryError(f"resizing a {width}x{height} image to {size}")
         if status != 0:
             raise ValueError(
                 f"cannot resize a {width}x{height} image to {size} and crop "
-                f"{crop}: the crop must lie inside the resized image.")
+                f"{crop}: the crop must lie inside the resized image, and "
+                f"no side may exceed {1 << 24} pixels.")
         return out
 
 
@@ -185,18 +194,27 @@ def _agrees(resizer: Resizer) -> bool:
         filter_ = {"bilinear": Image.BILINEAR,
                    "bicubic": Image.BICUBIC}[interpolation]
         want = np.asarray(image.resize(size, filter_).crop(crop))
-        if not np.array_equal(resizer(image, size, crop, interpolation), want):
-            return False
-        got = resizer(image, size, crop, interpolation, serving.IMAGENET_MEAN,
-                      serving.IMAGENET_STD)
-        if not np.array_equal(got, serving.normalize(want)):
-            return False
+        for copy in (False, True):  # Both ways of reading the pixels.
+            got = resizer(image, size, crop, interpolation, copy=copy)
+            if not np.array_equal(got, want):
+                return False
+            got = resizer(image, size, crop, interpolation,
+                          serving.IMAGENET_MEAN, serving.IMAGENET_STD,
+                          copy=copy)
+            if not np.array_equal(got, serving.normalize(want)):
+                return False
     return True
 
 
 def _load() -> Resizer:
     if os.environ.get(SWITCH_ENV, "").lower() in ("off", "0"):
         raise _native.BuildError(f"{SWITCH_ENV}=off")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        # Elsewhere Pillow's own build may fuse its filter arithmetic into
+        # FMAs, which a rare weight would round differently from ours.
+        raise _native.BuildError(
+            f"the native resize is checked on x86-64 only, not "
+            f"{platform.machine()}")
     path = _native.build("resnext_resample", SOURCE, _command,
                          "the native resize")
     try:
@@ -222,14 +240,22 @@ def resizer() -> Resizer | None:
     """The native resizer, built, loaded and checked on the first call of
     the process; ``None`` where it cannot be used (see `unavailable_reason`).
     """
+    if "resizer" in _state:
+        return _state["resizer"]
     with _lock:
-        if not _state:
+        if "resizer" not in _state:
             try:
-                _state["resizer"] = _load()
+                loaded, why = _load(), None
             except _native.BuildError as err:
-                _state["resizer"], _state["why"] = None, str(err)
+                loaded, why = None, str(err)
+            except Exception as err:  # pylint: disable=broad-except
+                # Never a reason for preprocessing to fail: Pillow remains.
+                loaded, why = None, f"{type(err).__name__}: {err}"
+            if loaded is None:
                 _log.info("resnext_jax: eval images are resized by Pillow: "
-                          "%s", err)
+                          "%s", why)
+            _state["why"] = why
+            _state["resizer"] = loaded
         return _state["resizer"]
 
 

@@ -72,6 +72,7 @@ def to_rgb(image):
         pixels = np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255)
         image = Image.fromarray(pixels.astype(np.uint8), "L")
     if image.mode == "RGB":
+        image.load()  # Decoded, as convert would (some formats' size moves).
         return image  # convert("RGB") would copy it.
     return image.convert("RGB")
 
@@ -98,8 +99,6 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
                     crop_size: int = CROP_SIZE,
                     interpolation: str = "bilinear") -> np.ndarray:
     """A PIL image -> uint8 ``(crop, crop, 3)``, as Resize + CenterCrop."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     if resize_size < crop_size:
         raise ValueError(
             f"resize_size (={resize_size}) must be at least crop_size "
@@ -107,7 +106,15 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation (={interpolation!r}) must be one of "
                          f"{INTERPOLATIONS}.")
-    image = to_rgb(upright(image))
+    return resize_and_crop_rgb(to_rgb(upright(image)), resize_size,
+                               crop_size, interpolation)
+
+
+def resize_and_crop_rgb(image, resize_size: int, crop_size: int,
+                        interpolation: str) -> np.ndarray:
+    """`resize_and_crop` of an upright RGB image (arguments checked)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
     width, height = image.size
     size, crop = center_crop_box(image.size, resize_size, crop_size)
     if size != (width, height):
