@@ -42,6 +42,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ResNeXt-50 32x4d train step, bfloat16, one NVIDIA H100 (docs/performance.md).
 H100_STEP_IMG_S = 4396
 ENGINES = ("tf", "grain", "torchvision")
+# The engine label of an eval run with Pillow's resize instead of the
+# native one (--pillow-resize-too).
+PILLOW_RESIZE = "+pillow"
 
 
 # ---------------------------------------------------------------------------
@@ -196,8 +199,10 @@ def _torchvision(job: dict) -> list[dict]:
 def child(job: dict) -> None:
     cpus = _pin(job["cores"])
     rows = (_torchvision if job["engine"] == "torchvision" else _ours)(job)
+    label = job["engine"] + ("" if job.get("native_resize", True)
+                             else PILLOW_RESIZE)
     for row in rows:
-        row.update(engine=job["engine"], cores=len(cpus),
+        row.update(engine=label, cores=len(cpus),
                    framework=("torchvision" if job["engine"] == "torchvision"
                               else "ours"))
         row["img_s_per_core"] = (row["img_s"] / len(cpus)
@@ -210,6 +215,8 @@ def run_child(job: dict, timeout: int) -> tuple[list[dict], str | None]:
         [str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["JAX_PLATFORMS"] = "cpu"  # The data pipelines never use a device.
+    if not job.get("native_resize", True):
+        env["RESNEXT_JAX_NATIVE_RESIZE"] = "off"
     try:
         result = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(job)],
@@ -282,10 +289,16 @@ def summarize(rows: list[dict], engine: str | None,
     def cores(rate):
         return math.ceil(step_img_s / rate) if rate else None
 
+    pillow = (per_core["eval"].get(f"{engine}{PILLOW_RESIZE}"),
+              per_core["eval"].get("torchvision"))
     return dict(
         default_engine=engine, per_core_img_s=per_core,
         ratio_train_per_core=ratio("train"),
-        ratio_eval_per_core=ratio("eval"), step_img_s=step_img_s,
+        ratio_eval_per_core=ratio("eval"),
+        # The same, with Pillow's resize (--pillow-resize-too).
+        ratio_eval_per_core_pillow_resize=(
+            pillow[0] / pillow[1] if all(pillow) else None),
+        step_img_s=step_img_s,
         cores_to_feed_step={
             "ours": cores(per_core["train"].get(engine)),
             "torchvision": cores(per_core["train"].get("torchvision")),
@@ -336,6 +349,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=30,
                         help="batches timed after the first, per pipeline")
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--pillow-resize-too", action="store_true",
+                        help="also time the default engine's eval with "
+                             "Pillow's resize (RESNEXT_JAX_NATIVE_RESIZE=off)")
     parser.add_argument("--cores", default="1,all",
                         help="core counts to measure: 1 (per core), all")
     parser.add_argument("--step-img-s", type=float, default=H100_STEP_IMG_S)
@@ -371,19 +387,27 @@ def main(argv=None) -> None:
               f"{args.quality} ({data['mean_kib']:.0f} KiB each) in "
               f"{root} ({time.perf_counter() - start:.1f} s)", flush=True)
         rows, errors = [], []
+
+        def measure(engine, count, pipelines=("train", "eval"), **extra):
+            job = dict(engine=engine, cores=count, data=str(root),
+                       size=args.image_size, batch_size=args.batch_size,
+                       batches=args.batches, pipelines=list(pipelines),
+                       **extra)
+            got, error = run_child(job, args.timeout)
+            rows.extend(got)
+            if error:
+                errors.append(error)
+                print(f"  {error}", flush=True)
+            for r in got:
+                print(f"  {r['pipeline']:<5} {r['engine']:<11} {count} "
+                      f"core(s): {r['img_s'] or 0:.1f} img/s", flush=True)
+
         for count in cores:
             for engine in engines:
-                job = dict(engine=engine, cores=count, data=str(root),
-                           size=args.image_size, batch_size=args.batch_size,
-                           batches=args.batches, pipelines=["train", "eval"])
-                got, error = run_child(job, args.timeout)
-                rows += got
-                if error:
-                    errors.append(error)
-                    print(f"  {error}", flush=True)
-                for r in got:
-                    print(f"  {r['pipeline']:<5} {engine:<11} {count} core(s):"
-                          f" {r['img_s'] or 0:.1f} img/s", flush=True)
+                measure(engine, count)
+            if args.pillow_resize_too and default_engine() in engines:
+                measure(default_engine(), count, ["eval"],
+                        native_resize=False)
 
     summary = summarize(rows, default_engine(), args.step_img_s)
     print(format_table(rows, summary))

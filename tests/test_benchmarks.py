@@ -157,7 +157,8 @@ def test_bench_input_smoke_measures_every_engine(tmp_path):
     # Per core only: "all" is the same code at another core count, and
     # each measurement is a process that loads its framework.
     stdout = _run("bench_input.py", "--smoke", "--cores", "1", "--data-dir",
-                  str(tmp_path / "jpegs"), "--json", str(out))
+                  str(tmp_path / "jpegs"), "--pillow-resize-too", "--json",
+                  str(out))
     assert "img/s/core" in stdout and "cores to feed" in stdout
     data = json.loads(out.read_text())
     for key in ("ratio_train_per_core", "ratio_eval_per_core",
@@ -177,6 +178,10 @@ def test_bench_input_smoke_measures_every_engine(tmp_path):
     assert len(list((tmp_path / "jpegs" / "train").rglob("*.jpg"))) == 24
     assert data["system"]["eval_resize"] == "native" or data["system"][
         "eval_resize"].startswith("Pillow (")
+    # The default engine's eval again, with Pillow's resize.
+    pillow = [r for r in data["results"] if r["engine"].endswith("+pillow")]
+    assert [r["pipeline"] for r in pillow] == ["eval"], pillow
+    assert data["ratio_eval_per_core_pillow_resize"] > 0
 
 
 def test_bench_input_summary_and_table():
@@ -196,6 +201,10 @@ def test_bench_input_summary_and_table():
     summary = bench_input.summarize(rows, "tf", 4396)
     assert summary["ratio_train_per_core"] == 2.0
     assert summary["ratio_eval_per_core"] == 0.8
+    assert summary["ratio_eval_per_core_pillow_resize"] is None
+    with_pillow = bench_input.summarize(
+        rows + [row("eval", "tf+pillow", 1, 250.0)], "tf", 4396)
+    assert with_pillow["ratio_eval_per_core_pillow_resize"] == 0.5
     assert summary["cores_to_feed_step"]["ours"] == 8  # ceil(4396 / 600)
     assert summary["cores_to_feed_step"]["torchvision"] == 15
     table = bench_input.format_table(rows, summary)
