@@ -8,8 +8,8 @@ fixed-point arithmetic and pass order, and normalizes them in the same call
 compiler (`resnext_jax._native`) and, before its first use, compared with
 the installed Pillow on probe images. Where it cannot be built, where it
 disagrees with this Pillow, or off x86-64, `resizer` returns ``None`` and
-the library uses Pillow (one log line says why). ``RESNEXT_JAX_NATIVE_RESIZE=off`` always
-uses Pillow.
+the library uses Pillow (one log line says why).
+``RESNEXT_JAX_NATIVE_RESIZE=off`` always uses Pillow.
 
 The call releases the GIL (ctypes does), so the threads of an input
 pipeline resize in parallel.
@@ -188,12 +188,9 @@ def _probes():
 def _agrees(resizer: Resizer) -> bool:
     """Whether ``resizer`` gives Pillow's pixels and `serving.normalize`'s
     values on every probe."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     for image, size, crop, interpolation in _probes():
-        filter_ = {"bilinear": Image.BILINEAR,
-                   "bicubic": Image.BICUBIC}[interpolation]
-        want = np.asarray(image.resize(size, filter_).crop(crop))
+        want = np.asarray(image.resize(
+            size, serving.pil_filter(interpolation)).crop(crop))
         for copy in (False, True):  # Both ways of reading the pixels.
             got = resizer(image, size, crop, interpolation, copy=copy)
             if not np.array_equal(got, want):

@@ -77,6 +77,14 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+def pil_filter(interpolation: str) -> int:
+    """Pillow's resampling filter for an interpolation name."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    return {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+            "bicubic": Image.BICUBIC}[interpolation]
+
+
 def center_crop_box(image_size: tuple[int, int], resize_size: int,
                     crop_size: int) -> tuple[tuple[int, int],
                                              tuple[int, int, int, int]]:
@@ -113,13 +121,10 @@ def resize_and_crop(image, resize_size: int = RESIZE_SIZE,
 def resize_and_crop_rgb(image, resize_size: int, crop_size: int,
                         interpolation: str) -> np.ndarray:
     """`resize_and_crop` of an upright RGB image (arguments checked)."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     width, height = image.size
     size, crop = center_crop_box(image.size, resize_size, crop_size)
     if size != (width, height):
-        resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
-                    "bicubic": Image.BICUBIC}[interpolation]
+        resample = pil_filter(interpolation)
         if size[0] * size[1] > MAX_RESIZED_PIXELS:
             # A very long image (1x20000 resized to 256 high is 5 million
             # wide): resize only the source region of the center crop, at
